@@ -1,0 +1,29 @@
+"""prunelab: pruning deep neural networks under one mask model and one evaluation protocol.
+
+Example:
+    >>> import prunelab
+    >>> data = prunelab.data.load("fashion-mnist")
+    >>> model = prunelab.models.create("lenet-300-100", data.in_shape, data.num_classes)
+    >>> prunelab.train(model, data, prunelab.TrainConfig(epochs=5, optimizer="adam", lr=1e-3))
+    >>> masks = prunelab.prune(model, "magnitude", sparsity=0.9)
+    >>> prunelab.train(model, data, prunelab.TrainConfig(epochs=2, optimizer="adam", lr=1e-3), masks=masks)
+    >>> prunelab.evaluate(model, data.test)["top1"]
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import errors, masks, metrics
+from .errors import PrunelabError
+from .masks import Masks, prunable_parameters
+from .training import Callback, TrainConfig, evaluate, train
+from .checkpoints import load_checkpoint, save_checkpoint
+from . import data, models, methods  # noqa: E402
+from .api import prune  # noqa: E402
+
+__all__ = [
+    "PrunelabError", "Masks", "prunable_parameters", "TrainConfig", "Callback", "train", "evaluate",
+    "prune", "save_checkpoint", "load_checkpoint", "data", "models", "methods", "metrics", "masks",
+    "errors", "__version__",
+]
