@@ -30,14 +30,12 @@ SCOPES = ("global", "layer")
 
 
 def _keys(scores: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """int32 sort keys: already-pruned entries 0, others 1 + the bits of |score|."""
-    bits = scores.detach().abs().float().contiguous().view(torch.int32)
-    if torch.isnan(scores).any():
-        raise ConfigError("cannot prune by magnitude: the weights contain NaN")
-    keys = bits + 1
+    """int32 sort keys: the bits of |score| (ordered like the magnitudes); with ``keep``,
+    already-pruned entries get key 0 and the others 1 + bits, so they sort first."""
+    keys = scores.detach().float().abs().contiguous().view(torch.int32).reshape(-1)
     if keep is not None:
-        keys = torch.where(keep, keys, torch.zeros((), dtype=torch.int32))
-    return keys.reshape(-1)
+        keys = torch.where(keep.reshape(-1), keys + 1, torch.zeros((), dtype=torch.int32))
+    return keys
 
 
 def _select_threshold(keys: list[torch.Tensor], k: int) -> tuple[int, int]:
@@ -48,6 +46,8 @@ def _select_threshold(keys: list[torch.Tensor], k: int) -> tuple[int, int]:
     hist = torch.zeros(1 << 16, dtype=torch.int64)
     for key in keys:
         hist += torch.bincount(key >> 16, minlength=1 << 16)[: 1 << 16]
+    if int(hist[0x7F80 + 1 :].sum()):  # bit patterns above +inf (+1) are NaN
+        raise ConfigError("cannot prune by magnitude: the scores contain NaN")
     cumulative = hist.cumsum(0)
     high = int(torch.searchsorted(cumulative, torch.tensor([k], dtype=torch.int64)).item())
     below = int(cumulative[high - 1]) if high > 0 else 0
@@ -87,7 +87,9 @@ def select_smallest(scores: list[torch.Tensor], keep: list[torch.Tensor] | None,
     Returns:
         One bool tensor per score tensor (``True`` = kept).
     """
-    keys = [_keys(s, None if keep is None else m) for s, m in zip(scores, keep or [None] * len(scores))]
+    if keep is not None and all(bool(m.all()) for m in keep):
+        keep = None  # nothing pruned yet: plain magnitudes, no offset pass
+    keys = [_keys(s, None if keep is None else m) for s, m in zip(scores, keep if keep is not None else [None] * len(scores))]
     total = sum(key.numel() for key in keys)
     if not 0 <= k <= total:
         raise ConfigError(f"cannot prune {k} of {total} weights")
@@ -111,9 +113,9 @@ class MagnitudeHparams:
             raise ConfigError(f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
 
 
-def _current(model: nn.Module, masks: Masks | None) -> tuple[dict[str, torch.Tensor], Masks]:
+def _current(model: nn.Module, masks: Masks | None) -> tuple[dict[str, torch.Tensor], Masks | None]:
     if masks is None:
-        masks = Masks.ones(model)
+        return prunable_parameters(model), None
     masks.validate(model)
     params = dict(model.named_parameters())
     return {n: params[n] for n in masks}, masks
@@ -121,23 +123,29 @@ def _current(model: nn.Module, masks: Masks | None) -> tuple[dict[str, torch.Ten
 
 def _prune_by_scores(model, masks, sparsity, scope, scores: dict[str, torch.Tensor]) -> Masks:
     sparsity = check_sparsity(sparsity)
-    names = list(masks)
+    names = list(scores)
     if not names:
         raise MaskError("the model has no prunable weights")
-    current = [masks[n] for n in names]
+    current = None if masks is None else [masks[n] for n in names]
     if scope == "global":
-        total = sum(m.numel() for m in current)
+        total = sum(s.numel() for s in scores.values())
         k = round(sparsity * total)
-        already = sum(int((~m).sum()) for m in current)
-        k = max(k, already)  # never un-prune: a lower target than reached keeps the masks
+        if current is not None:
+            k = max(k, sum(m.numel() - int(m.sum()) for m in current))  # never un-prune
         kept = select_smallest([scores[n] for n in names], current, k)
     else:
         kept = []
-        for n, m in zip(names, current):
-            k = max(round(sparsity * m.numel()), int((~m).sum()))
-            kept.extend(select_smallest([scores[n]], [m], k))
+        for i, n in enumerate(names):
+            k = round(sparsity * scores[n].numel())
+            m = None if current is None else current[i]
+            if m is not None:
+                k = max(k, m.numel() - int(m.sum()))
+            kept.extend(select_smallest([scores[n]], None if m is None else [m], k))
     new = Masks(dict(zip(names, kept)))
-    new.apply(model)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, keep in new.items():
+            params[n].mul_(keep)  # a bool multiplier: no float copy of the mask needed
     return new
 
 
