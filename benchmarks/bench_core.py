@@ -28,7 +28,9 @@ from prunelab.training import TrainConfig, train
 
 
 def _plain_steps(model, optimizer, batches):
-    for xb, yb in batches:
+    """The plain PyTorch loop over in-memory tensors: index a batch, step."""
+    for x, y, idx in batches:
+        xb, yb = x[idx], y[idx]
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(xb), yb).backward()
         optimizer.step()
@@ -47,7 +49,7 @@ def bench_training_step(reps: int, steps: int) -> dict:
     cfg = TrainConfig(epochs=1, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9)
     # the same batch order for both: train() shuffles with config.seed; replay it for the plain loop
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))
-    batches = [(x[order[i:i + 128]], y[order[i:i + 128]]) for i in range(0, len(y), 128)]
+    batches = [(x, y, order[i:i + 128]) for i in range(0, len(y), 128)]
     opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
     opt_hooked = torch.optim.SGD(hooked.parameters(), lr=0.01, momentum=0.9)
     opt_masked = torch.optim.SGD(masked_model.parameters(), lr=0.01, momentum=0.9)
