@@ -3,11 +3,16 @@
 Core commands live here (``train``, ``prune``, ``eval``, ``info``, ``demo``); other areas add
 theirs from ``cli_<area>.py`` modules (``register(subparsers)``). Every handler raises
 :class:`PrunelabError` for bad input; :func:`main` prints that one line and exits with status 2.
+
+Launched by ``torchrun`` with several processes, :func:`main` joins the process group
+(:func:`prunelab.distributed.init`), every rank runs the command (training is data-parallel), only
+rank 0 prints to stdout and writes files, and a rank that fails makes every rank exit non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -15,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import distributed
 from .errors import ConfigError, PrunelabError
 
 EXTENSIONS = ("cli_bench", "cli_iterate", "cli_export", "cli_grda", "cli_layerwise", "cli_ltp", "cli_studies")
@@ -93,6 +99,7 @@ def cmd_train(args) -> int:
     torch.manual_seed(args.seed)
     data = load_data(args)
     model = models.create(args.model, data.in_shape, data.num_classes, **dict(args.model_arg or []))
+    model.to(distributed.device())
     config = train_config(args)
     t0 = time.perf_counter()
     state = train(model, data, config, progress=None if not args.quiet else False)
@@ -102,10 +109,11 @@ def cmd_train(args) -> int:
     if val:
         _print_eval("val ", val)
     _print_eval("test", test)
-    out = save_checkpoint(args.out, model, metrics={"test": test, "val": val, "train_seconds": seconds},
-                          extra={"dataset": args.dataset, "normalize": args.normalize, "train": config.to_dict(),
-                                 "history": state.history})
-    print(f"saved {out} ({seconds:.1f}s of training)")
+    if distributed.is_main():
+        out = save_checkpoint(args.out, model, metrics={"test": test, "val": val, "train_seconds": seconds},
+                              extra={"dataset": args.dataset, "normalize": args.normalize, "train": config.to_dict(),
+                                     "history": state.history, "world_size": distributed.world_size()})
+        print(f"saved {out} ({seconds:.1f}s of training)")
     return 0
 
 
@@ -143,8 +151,16 @@ def cmd_prune(args) -> int:
         calib = Split(data.train.x[idx], data.train.y[idx])
     if cls.family != "oneshot":
         raise ConfigError(f"method {args.method!r} trains while pruning ({cls.family}); use `prunelab bench` or its own command")
+    ckpt.model.to(distributed.device())
+    start_masks = None if ckpt.masks is None else ckpt.masks.to(distributed.device())
     t0 = time.perf_counter()
-    masks = prune(ckpt.model, args.method, args.sparsity, masks=ckpt.masks, calib=calib, **hparams)
+    masks = prune(ckpt.model, args.method, args.sparsity, masks=start_masks, calib=calib, **hparams)
+    if distributed.is_active():
+        # Computed on every rank, but rank 0's result is the one kept (weights too: some methods
+        # rewrite them), so a method that is not bit-deterministic across processes is still safe.
+        masks = distributed.broadcast_masks(masks)
+        distributed.broadcast_module(ckpt.model)
+        masks.apply(ckpt.model)
     prune_seconds = time.perf_counter() - t0
     print(f"pruned with {args.method} to sparsity {masks.sparsity():.4f} in {prune_seconds:.2f}s")
     metrics = {"prune_seconds": prune_seconds}
@@ -160,8 +176,9 @@ def cmd_prune(args) -> int:
     metrics.update({k: s[k] for k in ("sparsity", "compression_ratio", "theoretical_speedup") if k in s})
     extra = dict(ckpt.meta.get("extra", {}))
     extra["pruning"] = {"method": args.method, "hparams": hparams, "sparsity": args.sparsity}
-    out = save_checkpoint(args.out, ckpt.model, masks, metrics=metrics, extra=extra)
-    print(f"saved {out}")
+    if distributed.is_main():
+        out = save_checkpoint(args.out, ckpt.model, masks, metrics=metrics, extra=extra)
+        print(f"saved {out}")
     return 0
 
 
@@ -309,21 +326,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failed(exc: BaseException, message: str, status: int) -> int:
+    """Print ``message`` (naming the rank when distributed), tell the other ranks, return ``status``."""
+    earlier = distributed.report_failure(exc)
+    if earlier is not None:  # another rank failed first: this error is most likely its consequence
+        print(f"prunelab: rank {distributed.rank()} stopping: {earlier}", file=sys.stderr)
+        return 1
+    if distributed.is_active():
+        message = message.replace("prunelab: ", f"prunelab (rank {distributed.rank()}): ", 1)
+    print(message, file=sys.stderr)
+    return status
+
+
 def main(argv=None) -> int:
     """Entry point of the ``prunelab`` console script."""
     try:
+        # A no-op unless launched by torchrun with WORLD_SIZE > 1.
+        distributed.init()
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return int(args.func(args) or 0)
+        if distributed.is_main():
+            status = int(args.func(args) or 0)
+        else:
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                status = int(args.func(args) or 0)
+        distributed.shutdown()
+        return status
     except PrunelabError as exc:
-        print(f"prunelab: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("prunelab: interrupted", file=sys.stderr)
-        return 130
+        return _failed(exc, f"prunelab: error: {exc}", 2)
+    except KeyboardInterrupt as exc:
+        return _failed(exc, "prunelab: interrupted", 130)
     except BrokenPipeError:
         return 1
 

@@ -8,6 +8,12 @@ zeroing the state after it makes that hold for any optimizer.
 
 Data are in-memory tensors (``prunelab.data.Split``) batched here: on a 2-core CPU a DataLoader's
 workers cost more than they save for MNIST-sized data.
+
+Under ``torch.distributed`` with several ranks (``prunelab.distributed``), every rank draws the same
+seeded permutation, takes every ``world``-th sample of each global batch of ``batch_size``, and the
+gradients are summed across ranks after backward; the loss is scaled so the sum equals the
+gradient of the global batch mean, so a run on N ranks follows the single-process run (see
+:func:`train`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as _dist
 from .errors import ConfigError
 from .masks import Masks
 
@@ -197,11 +204,36 @@ def evaluate(model: nn.Module, split, batch_size: int = 1000) -> dict:
     Returns:
         ``{"loss", "top1", "top5", "n"}``; accuracies are fractions in [0, 1]. ``top5`` equals
         ``top1`` when there are 5 classes or fewer.
+
+    Under ``torch.distributed`` every rank evaluates the whole split on its own (no collective),
+    so ranks may call it independently; :func:`train` shards its validation instead.
     """
     x, y = _split_tensors(split)
     n = len(y)
     if n == 0:
         return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
+    loss_sum, correct1, correct5 = _evaluate_sums(model, x, y, batch_size)
+    return {"loss": loss_sum / n, "top1": correct1 / n, "top5": correct5 / n, "n": n}
+
+
+def _evaluate_distributed(model: nn.Module, split, batch_size: int, rank: int, world: int) -> dict:
+    """:func:`evaluate` with the split cut in ``world`` contiguous shards and the sums all-reduced:
+    every rank gets the same numbers (which a per-rank evaluation need not give bit for bit)."""
+    x, y = _split_tensors(split)
+    n = len(y)
+    if n == 0:
+        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
+    xs, ys = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+    sums = _evaluate_sums(model, xs, ys, batch_size) if len(ys) else (0.0, 0, 0)
+    loss_sum, correct1, correct5 = _dist.all_reduce_sum(sums)
+    return {"loss": loss_sum / n, "top1": correct1 / n, "top5": correct5 / n, "n": n}
+
+
+@torch.no_grad()
+def _evaluate_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, int, int]:
+    """(summed loss, top-1 hits, top-5 hits) over non-empty ``x, y``; top-5 hits are top-1 hits
+    when there are 5 classes or fewer."""
+    n = len(y)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -217,8 +249,7 @@ def evaluate(model: nn.Module, split, batch_size: int = 1000) -> dict:
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=1).sum())
     model.train(was_training)
-    top5 = correct5 / n if out.shape[1] > 5 else correct1 / n
-    return {"loss": loss_sum / n, "top1": correct1 / n, "top5": top5, "n": n}
+    return loss_sum, correct1, correct5 if out.shape[1] > 5 else correct1
 
 
 def _apply_constraints(model: nn.Module) -> None:
@@ -295,6 +326,19 @@ def train(
         The final :class:`TrainState` (``history`` has per-epoch ``train_loss``, ``train_top1``,
         ``val_loss``, ``val_top1``, ``lr``, ``seconds``).
 
+    Distributed (``torch.distributed`` initialised with several ranks, outside
+    ``prunelab.distributed.single_process()``): call it on every rank with the same arguments.
+    ``config.batch_size`` stays the *global* batch: rank r trains on samples r, r + world, ... of
+    each batch of the shared seeded permutation, its loss is its summed cross-entropy divided by
+    the global batch size (plus callback extra losses divided by the number of ranks), and the
+    gradients of the optimizer's parameters are summed across ranks after backward, so every rank
+    makes the single-process update (up to float summation order). Masks, clipping, constraints
+    and the optimizer then act on identical values. History and validation metrics are all-reduced
+    (identical on every rank); batch-norm statistics come from each rank's shard and the buffers
+    are taken from rank 0 after every epoch. Parameters and masks are checked bit-identical across
+    ranks at the start and the end (``prunelab.distributed.assert_params_equal_across_ranks``).
+    A callback setting ``state.stop`` on one rank stops all of them. Only rank 0 shows progress.
+
     Example:
         >>> state = prunelab.train(model, data, TrainConfig(epochs=5, optimizer="adam", lr=1e-3))
         >>> prunelab.evaluate(model, data.test)["top1"]
@@ -320,6 +364,17 @@ def train(
         masks.apply(model)
         masks.mask_optimizer_state(optimizer, model)
     callbacks = list(callbacks)
+    world = _dist.world_size()
+    if world > 1:
+        rank = _dist.rank()
+        progress = progress if rank == 0 else False
+        if _dist.checks_enabled():
+            if masks is not None:
+                _dist.assert_masks_equal_across_ranks(masks)
+            _dist.assert_params_equal_across_ranks(model)
+        # The optimizer's parameters are what gets updated, so what must see the same gradient.
+        synced = list({id(p): p for g in optimizer.param_groups for p in g["params"] if p.requires_grad}.values())
+        wants_batch_end = any(type(cb).on_batch_end is not Callback.on_batch_end for cb in callbacks)
     state = TrainState(model, optimizer, scheduler, config, masks, steps_per_epoch=steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
     constrained = _has_constraints(model)
@@ -343,16 +398,28 @@ def train(
         correct = torch.zeros((), dtype=torch.int64)
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
+            if world > 1:
+                batch_total = len(idx)
+                idx = idx[rank::world]
             xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             out = model(xb)
-            loss = F.cross_entropy(out, yb)
+            if world == 1:
+                loss = F.cross_entropy(out, yb)
+            else:
+                # This rank's share of the global batch mean: the shares sum to the mean whatever
+                # the shard sizes (the last batch may not split evenly).
+                shard_loss_sum = F.cross_entropy(out, yb, reduction="sum")
+                loss = shard_loss_sum / batch_total
             total_loss = loss
             for cb in wants_extra:
                 extra = cb.extra_loss(state)
                 if extra is not None:
-                    total_loss = total_loss + extra
+                    # Every rank adds the whole term and the gradients are summed over ranks.
+                    total_loss = total_loss + (extra if world == 1 else extra / world)
             total_loss.backward()
+            if world > 1:
+                _dist.sum_gradients_(synced)
             if masks is not None:
                 masks.mask_grads(model)
             if config.clip_grad_norm is not None:
@@ -366,21 +433,33 @@ def train(
             scheduler.step()
             state.step += 1
             with torch.no_grad():
-                loss_sum += loss.detach().double() * len(yb)
+                loss_sum += loss.detach().double() * len(yb) if world == 1 else shard_loss_sum.detach().double()
                 correct += (out.argmax(1) == yb).sum()
             for cb in callbacks:
                 cb.on_batch_end(state)
-            bar.update(state.step, f"loss {loss.item():.3f}" if bar.enabled else "")
+            if world > 1 and wants_batch_end:
+                state.stop = _dist.any_rank(state.stop)
+            if bar.enabled:
+                shown = loss.item() if world == 1 else shard_loss_sum.item() / max(1, len(yb))
+                bar.update(state.step, f"loss {shown:.3f}")
             if state.stop:
                 break
+        if world == 1:
+            epoch_loss, epoch_correct = float(loss_sum), int(correct)
+        else:
+            _dist.broadcast_buffers(model)
+            epoch_loss, epoch_correct = _dist.all_reduce_sum([float(loss_sum), int(correct)])
         record = {
             "epoch": epoch + 1,
-            "train_loss": float(loss_sum) / n,
-            "train_top1": int(correct) / n,
+            "train_loss": epoch_loss / n,
+            "train_top1": int(epoch_correct) / n,
             "lr": optimizer.param_groups[0]["lr"],
         }
         if val is not None:
-            metrics = evaluate(model, val, config.eval_batch_size)
+            if world == 1:
+                metrics = evaluate(model, val, config.eval_batch_size)
+            else:
+                metrics = _evaluate_distributed(model, val, config.eval_batch_size, rank, world)
             model.train()
             record["val_loss"], record["val_top1"] = metrics["loss"], metrics["top1"]
             if select_best and metrics["top1"] >= best_top1:
@@ -392,9 +471,15 @@ def train(
         state.loss = record["train_loss"]
         for cb in callbacks:
             cb.on_epoch_end(state)
+        if world > 1:
+            state.stop = _dist.any_rank(state.stop)
     bar.close()
     if select_best and best_params is not None:
         model.load_state_dict(best_params)
     for cb in callbacks:
         cb.on_train_end(state)
+    if world > 1 and _dist.checks_enabled():
+        if masks is not None:
+            _dist.assert_masks_equal_across_ranks(masks)
+        _dist.assert_params_equal_across_ranks(model)
     return state
