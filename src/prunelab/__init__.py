@@ -19,11 +19,11 @@ from .errors import PrunelabError
 from .masks import Masks, prunable_parameters
 from .training import Callback, TrainConfig, evaluate, train
 from .checkpoints import load_checkpoint, save_checkpoint
-from . import data, models, methods  # noqa: E402
+from . import data, models, methods, export  # noqa: E402
 from .api import prune  # noqa: E402
 
 __all__ = [
     "PrunelabError", "Masks", "prunable_parameters", "TrainConfig", "Callback", "train", "evaluate",
     "prune", "save_checkpoint", "load_checkpoint", "data", "models", "methods", "metrics", "masks",
-    "errors", "__version__",
+    "errors", "export", "__version__",
 ]

@@ -1,0 +1,30 @@
+"""Export and fast sparse inference: make pruning permanent, run it sparse, store it small, ship it as ONNX.
+
+- :func:`make_permanent` bakes masks into the weights and removes every mask structure.
+- :func:`to_sparse` returns a copy whose pruned Linear/Conv2d layers run on sparse kernels where
+  that measures faster at the given batch size (:mod:`.modules`, :mod:`.native`).
+- :func:`save_sparse` / :func:`load_sparse` store a model as compressed sparse tensors in
+  safetensors with JSON metadata; :func:`storage_sizes` compares with dense and gzip.
+- :func:`export_onnx` writes the pruned model as ONNX; :func:`check_onnx` compares onnxruntime.
+
+Example:
+    >>> from prunelab.export import make_permanent, to_sparse, save_sparse
+    >>> make_permanent(model, masks)
+    >>> fast = to_sparse(model, batch_size=64)
+    >>> fast.sparse_report["layers"][0]["choice"]
+    'native'
+    >>> save_sparse("model.sparse.safetensors", model)
+"""
+
+from .convert import sparse_layers, to_sparse
+from .modules import SparseConv2d, SparseLinear
+from .onnx_export import check_onnx, export_onnx, onnxruntime_session
+from .permanent import make_permanent, plain_copy
+from .storage import load_sparse, save_sparse, storage_sizes
+from .timing import interleaved
+
+__all__ = [
+    "make_permanent", "plain_copy", "to_sparse", "sparse_layers", "SparseLinear", "SparseConv2d",
+    "save_sparse", "load_sparse", "storage_sizes", "export_onnx", "check_onnx", "onnxruntime_session",
+    "interleaved",
+]

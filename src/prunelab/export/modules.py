@@ -1,0 +1,302 @@
+"""Inference modules that hold a pruned weight in CSR form: :class:`SparseLinear`, :class:`SparseConv2d`.
+
+Two backends compute the same function:
+
+- ``"native"``: the C kernel of :mod:`prunelab.export.native` (direct sparse convolution in a
+  batch-innermost layout; a Linear layer is its 1x1 case), bias, an optional following ReLU
+  and, for convolutions, an optional following non-overlapping max pooling fused in.
+- ``"torch"``: PyTorch's CSR kernels, always available. Linear: ``y^T = addmm(b, W_csr, x^T)``,
+  the fastest of the layouts measured (``x @ W^T`` with ``W^T`` in CSR and ``torch.sparse.mm`` were
+  slower; see ``benchmarks/bench_export.py``). Conv: ``unfold`` (im2col) followed by the same
+  product.
+
+Both skip pruned weights, so the outputs equal the dense layer's up to float32 rounding of a
+different summation order. One difference by design: a pruned weight contributes nothing even
+where the input is inf or NaN (a dense layer would propagate ``0 * inf = NaN``).
+The modules are for inference: their tensors are buffers, not parameters.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from . import native
+
+__all__ = ["SparseLinear", "SparseConv2d", "conv_supported", "BACKENDS"]
+
+BACKENDS = ("native", "torch")
+_INT32_MAX = 2**31 - 1
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def conv_supported(conv: nn.Module) -> str | None:
+    """Why ``conv`` cannot become a :class:`SparseConv2d`, or ``None`` if it can."""
+    if not isinstance(conv, nn.Conv2d):
+        return f"{type(conv).__name__} is not supported (only Linear and Conv2d)"
+    if conv.groups != 1:
+        return "grouped convolution (groups != 1) is not supported"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode {conv.padding_mode!r} is not supported (only 'zeros')"
+    if conv.weight.dtype != torch.float32:
+        return f"weight dtype {conv.weight.dtype} is not supported (only float32)"
+    return None
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) zero padding, resolving ``padding='same'`` as PyTorch does."""
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return 0, 0, 0, 0
+        pads = []
+        for d, k in zip(conv.dilation, conv.kernel_size):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return pads[0], pads[1], pads[2], pads[3]
+    ph, pw = _pair(conv.padding)
+    return ph, ph, pw, pw
+
+
+class _CSRLayer(nn.Module):
+    """Shared state: CSR weight over ``(out, in * kh * kw)``, bias, backend and descriptors."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, backend: str, relu: bool,
+                 threads: int | None, block: int):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend == "native" and native.load() is None:
+            raise ConfigError(f"the native sparse kernel is unavailable ({native.status()['reason']}); use backend='torch'")
+        w2 = weight.detach().reshape(weight.shape[0], -1).to(torch.float32)
+        keep = w2 != 0
+        if int(keep.sum()) > _INT32_MAX or w2.shape[1] > _INT32_MAX:
+            raise ConfigError("layer too large for 32-bit sparse indices; leave it dense")
+        counts = keep.sum(dim=1)
+        self.register_buffer("crow", torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32))
+        self.register_buffer("col", keep.nonzero()[:, 1].to(torch.int32).contiguous())
+        self.register_buffer("values", w2[keep].contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self.out_channels, self.fan_in = w2.shape
+        self.backend, self.relu, self.block = backend, bool(relu), int(block)
+        self.threads = int(threads) if threads else torch.get_num_threads()
+        self._reset()
+
+    def _reset(self) -> None:
+        # native descriptors hold raw pointers to the buffers; _fast is (kernel, descriptor address)
+        self._descriptors: dict = {}
+        self._csr = None
+        self._fast = None
+
+    # buffers moved or converted (``.to()``, ``.float()``): cached pointers and CSR are stale
+    def _apply(self, fn, *args, **kwargs):
+        self._reset()
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):   # deepcopy / pickle: ctypes objects and raw pointers do not travel
+        state = self.__dict__.copy()
+        state.update(_descriptors={}, _csr=None, _fast=None)
+        return state
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored (non-zero) weights."""
+        return int(self.values.numel())
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the weight that is zero."""
+        total = self.out_channels * self.fan_in
+        return 1.0 - self.nnz / total if total else 0.0
+
+    def csr_weight(self) -> torch.Tensor:
+        """The weight as a ``torch.sparse_csr_tensor`` of shape ``(out, in * kh * kw)``."""
+        if self._csr is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "sparse CSR support is in beta"
+                self._csr = torch.sparse_csr_tensor(
+                    self.crow.to(torch.int64), self.col.to(torch.int64), self.values,
+                    (self.out_channels, self.fan_in), check_invariants=False)
+        return self._csr
+
+    def _use_native(self, x: torch.Tensor) -> bool:
+        return (self.backend == "native" and x.dtype == torch.float32 and x.device.type == "cpu"
+                and not (x.requires_grad and torch.is_grad_enabled()))
+
+    def _descriptor(self, fields: list[int], taps: torch.Tensor, pool: int = 1) -> torch.Tensor:
+        ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+        fields = fields + [ptr(self.crow), ptr(taps), ptr(self.values), ptr(self.bias),
+                           int(self.relu), self.block, self.threads, pool]
+        return torch.tensor(fields, dtype=torch.int64)
+
+    def _run_native(self, descriptor: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        lib = native.get() or native.load()
+        if lib.pl_sparse_forward(descriptor.data_ptr(), x.shape[0], x.data_ptr(), y.data_ptr()) != 0:
+            raise MemoryError("native sparse kernel: out of memory for its work buffers")
+        return y
+
+    def _torch_product(self, cols: torch.Tensor) -> torch.Tensor:
+        """``W_csr @ cols + bias`` (cols: ``(in * kh * kw, n)``), ReLU if fused."""
+        w = self.csr_weight().to(cols.dtype) if cols.dtype != torch.float32 else self.csr_weight()
+        if self.bias is None:
+            out = torch.mm(w, cols)
+        else:
+            out = torch.addmm(self.bias.to(cols.dtype).unsqueeze(1), w, cols)
+        return torch.relu(out) if self.relu else out
+
+
+class SparseLinear(_CSRLayer):
+    """``nn.Linear`` with a CSR weight, optionally fused with the ReLU that follows it.
+
+    Args:
+        linear: the (pruned) dense layer; zeros in its weight are skipped.
+        backend: ``"native"`` or ``"torch"`` (see the module docstring).
+        relu: apply ReLU to the output (the caller removes the ReLU module it replaces).
+        threads: threads of the native kernel (default: ``torch.get_num_threads()``).
+        block: samples per block in the native kernel (its working set is ``in * block`` floats).
+
+    Example:
+        >>> layer = SparseLinear(pruned_linear, backend="torch")
+        >>> torch.allclose(layer(x), pruned_linear(x), atol=1e-5)
+        True
+    """
+
+    def __init__(self, linear: nn.Linear, backend: str = "native", relu: bool = False,
+                 threads: int | None = None, block: int = 64):
+        super().__init__(linear.weight, linear.bias, backend, relu, threads, block)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = self._fast
+        # the common case in as few Python operations as possible: batch-1 latency is overhead
+        if (fast is not None and x.dim() == 2 and x.shape[1] == self.in_features and x.dtype == torch.float32
+                and x.is_cpu and not x.requires_grad):
+            x = x.contiguous()
+            y = x.new_empty(x.shape[0], self.out_features)
+            if fast[0](fast[1], x.shape[0], x.data_ptr(), y.data_ptr()):
+                raise MemoryError("native sparse kernel: out of memory for its work buffers")
+            return y
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ConfigError(f"SparseLinear expects inputs with {self.in_features} features, got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self._use_native(x2):
+            descriptor = self._descriptors.get(None)
+            if descriptor is None:
+                fields = [self.in_features, 1, 1, self.out_features, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
+                descriptor = self._descriptors[None] = self._descriptor(fields, self.col)
+                self._fast = (native.load().pl_sparse_forward, descriptor.data_ptr())
+            y = self._run_native(descriptor, x2.contiguous(), x2.new_empty(x2.shape[0], self.out_features))
+        else:
+            y = self._torch_product(x2.t()).t()
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
+                f"sparsity={self.sparsity:.4f}, bias={self.bias is not None}, relu={self.relu}, backend={self.backend}")
+
+
+class SparseConv2d(_CSRLayer):
+    """``nn.Conv2d`` (groups=1, zero padding) with a CSR weight, optionally fused with the ReLU
+    and the non-overlapping max pooling that follow it (``conv -> ReLU -> MaxPool2d(k)``, as in
+    LeNet-5; ReLU and max commute, and pooling before writing the output saves writing and
+    re-reading k*k times more data).
+
+    Args:
+        conv: the (pruned) dense layer; zeros in its weight are skipped.
+        backend: ``"native"`` (direct sparse convolution) or ``"torch"`` (unfold + CSR product).
+        relu: apply ReLU to the output.
+        threads: threads of the native kernel (default: ``torch.get_num_threads()``).
+        block: samples per block in the native kernel.
+        pool: window (= stride) of a fused ``MaxPool2d`` (floor mode, no padding); 1 for none.
+
+    Raises:
+        ConfigError: a convolution :func:`conv_supported` rejects.
+    """
+
+    def __init__(self, conv: nn.Conv2d, backend: str = "native", relu: bool = False,
+                 threads: int | None = None, block: int = 64, pool: int = 1):
+        reason = conv_supported(conv)
+        if reason:
+            raise ConfigError(f"cannot make a sparse convolution: {reason}; leave this layer dense")
+        super().__init__(conv.weight, conv.bias, backend, relu, threads, block)
+        self.in_channels = conv.in_channels
+        self.kernel_size = _pair(conv.kernel_size)
+        self.stride = _pair(conv.stride)
+        self.dilation = _pair(conv.dilation)
+        self.pads = _conv_padding(conv)   # top, bottom, left, right
+        if int(pool) < 1:
+            raise ConfigError(f"pool must be a window size >= 1, got {pool}")
+        self.pool = int(pool)
+
+    def _out_size(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr) = self.kernel_size, self.stride, self.dilation, self.pads
+        return (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+
+    def _native_descriptor(self, h: int, w: int):
+        ho, wo = self._out_size(h, w)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        hp, wp = (ho - 1) * sh + (kh - 1) * dh + 1, (wo - 1) * sw + (kw - 1) * dw + 1
+        if self.in_channels * hp * wp > _INT32_MAX:
+            return None
+        col = self.col.to(torch.int64)
+        c, r = col // (kh * kw), col % (kh * kw)
+        taps = ((c * hp + (r // kw) * dh) * wp + (r % kw) * dw).to(torch.int32)
+        fields = [self.in_channels, h, w, self.out_channels, ho, wo, kh, kw, sh, sw,
+                  self.pads[0], self.pads[2], dh, dw]
+        return self._descriptor(fields, taps, self.pool), taps, ho, wo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = self._fast   # (kernel, descriptor address, H, W, output H, output W) of the last size
+        if (fast is not None and x.dim() == 4 and x.shape[1] == self.in_channels and x.shape[2] == fast[2]
+                and x.shape[3] == fast[3] and x.dtype == torch.float32 and x.is_cpu and not x.requires_grad):
+            x = x.contiguous()
+            y = x.new_empty(x.shape[0], self.out_channels, fast[4], fast[5])
+            if fast[0](fast[1], x.shape[0], x.data_ptr(), y.data_ptr()):
+                raise MemoryError("native sparse kernel: out of memory for its work buffers")
+            return y
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ConfigError(f"SparseConv2d expects (batch, {self.in_channels}, H, W) inputs, got shape {tuple(x.shape)}")
+        h, w = x.shape[2], x.shape[3]
+        ho, wo = self._out_size(h, w)
+        if ho < self.pool or wo < self.pool:
+            raise ConfigError(f"input {h}x{w} is too small for the convolution (and pooling) of this layer")
+        if self._use_native(x):
+            entry = self._descriptors.get((h, w))
+            if entry is None:
+                entry = self._descriptors[(h, w)] = self._native_descriptor(h, w)
+            if entry is not None:
+                self._fast = (native.load().pl_sparse_forward, entry[0].data_ptr(), h, w,
+                              ho // self.pool, wo // self.pool)
+                y = x.new_empty(x.shape[0], self.out_channels, ho // self.pool, wo // self.pool)
+                return self._run_native(entry[0], x.contiguous(), y)
+        out = self._torch_forward(x, ho, wo)
+        return F.max_pool2d(out, self.pool) if self.pool > 1 else out
+
+    def _torch_forward(self, x: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
+        pt, pb, pl, pr = self.pads
+        if pt != pb or pl != pr:
+            x = F.pad(x, (pl, pr, pt, pb))
+            pt = pl = 0
+        batch = x.shape[0]
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=(pt, pl), stride=self.stride)
+        cols = cols.transpose(0, 1).reshape(self.fan_in, batch * ho * wo)
+        out = self._torch_product(cols)
+        return out.reshape(self.out_channels, batch, ho, wo).transpose(0, 1)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"pads={self.pads}, dilation={self.dilation}, nnz={self.nnz}, sparsity={self.sparsity:.4f}, "
+                f"bias={self.bias is not None}, relu={self.relu}, pool={self.pool}, backend={self.backend}")
