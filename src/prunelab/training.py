@@ -19,6 +19,7 @@ gradient of the global batch mean, so a run on N ranks follows the single-proces
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -270,7 +271,9 @@ class _Progress:
     """A one-line progress bar on a terminal; silent otherwise."""
 
     def __init__(self, enabled: bool | None, total: int, label: str):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        if enabled is None:  # PRUNELAB_PROGRESS=0 silences every bar (bench sets it for inner loops)
+            enabled = sys.stderr.isatty() and os.environ.get("PRUNELAB_PROGRESS", "1") != "0"
+        self.enabled = enabled
         self.total, self.label, self.t0, self.last = total, label, time.perf_counter(), 0.0
 
     def update(self, done: int, extra: str = "") -> None:
