@@ -1,0 +1,91 @@
+"""Net-Trim (convex layer-wise pruning, ADMM)."""
+
+import pytest
+import torch
+from torch import nn
+
+import prunelab
+from prunelab.data import Split
+from prunelab.errors import ConfigError
+from prunelab.methods.nettrim import nettrim_constraints, nettrim_solve
+
+
+@pytest.fixture(scope="module")
+def layer():
+    """A ReLU layer with sparse true weights (30 % non-zero)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(500, 30, generator=g)
+    W = torch.randn(8, 30, generator=g) * (torch.rand(8, 30, generator=g) < 0.3)
+    b = torch.randn(8, generator=g) * 0.1
+    return X, W, b, X @ W.T + b
+
+
+@pytest.mark.parametrize("epsilon", [0.02, 0.1, 0.3])
+def test_solution_satisfies_the_constraints(layer, epsilon):
+    X, W, b, outputs = layer
+    start = torch.randn(8, 30, generator=torch.Generator().manual_seed(1))
+    result = nettrim_solve(X, outputs, epsilon, weight=start, max_iters=2000, tol=1e-4)
+    fit, leak = nettrim_constraints(X, outputs, result.weight, result.bias)
+    # Active samples fit within ε (relative), inactive ones stay at or below 0, to tolerance.
+    assert float(fit.max()) <= epsilon * (1 + 2e-3)
+    assert float(leak.max()) <= 1e-3
+    # The true weights are feasible, so the ℓ1 minimiser's norm cannot exceed theirs.
+    assert result.weight.abs().sum() <= W.abs().sum() * (1 + 1e-3)
+
+
+def test_looser_epsilon_gives_smaller_l1_norm(layer):
+    X, W, b, outputs = layer
+    norms = [nettrim_solve(X, outputs, eps, max_iters=1500, tol=1e-4).weight.abs().sum().item()
+             for eps in (0.02, 0.2, 0.6)]
+    assert norms[0] > norms[1] > norms[2]
+    # At ε = 1 the zero weights are feasible and optimal.
+    assert nettrim_solve(X, outputs, 1.0, max_iters=500).weight.abs().max() < 1e-3
+
+
+def test_mask_and_warm_start(layer):
+    X, W, b, outputs = layer
+    mask = W != 0
+    result = nettrim_solve(X, outputs, 0.05, mask=mask, max_iters=300)
+    assert bool((result.weight[~mask] == 0).all())
+    resumed = nettrim_solve(X, outputs, 0.05, mask=mask, state=result.state, max_iters=10, tol=0.0)
+    assert resumed.iters == 10
+    torch.testing.assert_close(resumed.weight, result.weight, rtol=0.05, atol=0.02)
+
+
+def _mlp_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(300, 20, generator=torch.Generator().manual_seed(1))
+    return model, Split(x, torch.zeros(300, dtype=torch.int64))
+
+
+def test_method_reaches_exact_sparsity_and_reports_constraints():
+    model, calib = _mlp_and_data()
+    method = prunelab.methods.create("nettrim", search_steps=4, search_iters=30, max_iters=100)
+    masks = method.prune(model, None, 0.75, calib)
+    assert int(masks["0.weight"].sum()) == 80 and int(masks["2.weight"].sum()) == 32
+    assert bool(masks["4.weight"].all())
+    assert int((model[0].weight != 0).sum()) <= 80
+    info = method.last_info[0]
+    assert {"epsilon", "fit_after_cut", "leak_after_cut", "iters"} <= set(info)
+    assert len(info["probes"]) == 5
+
+
+def test_method_prunes_among_survivors_without_search():
+    model, calib = _mlp_and_data()
+    first = prunelab.methods.create("hard-threshold", exact=True).prune(model, None, 0.5)
+    masks = prunelab.methods.create("nettrim", search_steps=0, max_iters=50).prune(
+        model, first, 0.8, calib)
+    assert bool((masks["0.weight"] <= first["0.weight"]).all())
+    assert int(masks["0.weight"].sum()) == 64
+
+
+def test_nettrim_rejects_bad_input(layer):
+    X, W, b, outputs = layer
+    with pytest.raises(ConfigError, match="epsilon"):
+        nettrim_solve(X, outputs, 0.0)
+    with pytest.raises(ConfigError, match="epsilon_min"):
+        prunelab.methods.create("nettrim", epsilon_min=1.0, epsilon_max=0.5)
+    model, _ = _mlp_and_data()
+    with pytest.raises(ConfigError, match="calibration"):
+        prunelab.methods.create("nettrim").prune(model, None, 0.5)
