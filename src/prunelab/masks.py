@@ -228,6 +228,19 @@ class Masks(Mapping):
             lines.append(f"{name:<{width}}  {kept:>10}  {total:>10}  {sp:>8.2%}")
         return "\n".join(lines)
 
+    @torch.no_grad()
+    def update_(self, other: Mapping[str, torch.Tensor]) -> "Masks":
+        """Overwrite these masks in place with ``other``'s (same names and shapes), e.g. when a
+        schedule prunes more during training; returns ``self``."""
+        if set(other) != set(self._masks):
+            raise MaskError("update_ needs masks with the same parameter names")
+        for name, mask in self._masks.items():
+            if tuple(other[name].shape) != tuple(mask.shape):
+                raise MaskError(f"update_: mask {name!r} changes shape")
+            mask.copy_(other[name].to(torch.bool))
+        self._cache = {}  # the float copies used by the training loop are stale now
+        return self
+
     # -- algebra ------------------------------------------------------------------------------
     def intersect(self, other: Mapping[str, torch.Tensor]) -> "Masks":
         """Keep a weight only where both masks keep it (names missing from ``other`` keep self)."""

@@ -35,6 +35,7 @@ from .base import MethodContext, MethodOutcome, TrainingMethod, check_sparsity
 from .magnitude import SCOPES, MagnitudePruning
 
 STARTS = ("dense", "init")
+AUTO_EVENTS = 20  # pruning events when ``frequency`` is None
 
 
 def cubic_sparsity(step: int, initial: float, final: float, begin_step: int, end_step: int) -> float:
@@ -128,10 +129,7 @@ class GradualMagnitudePruning(Callback):
         target = self.target(step)
         masks: Masks = state.masks
         new = self.pruner.prune(state.model, masks, target)
-        for name in masks:
-            masks[name].copy_(new[name])
-        # Masks caches float copies of its tensors for the loop's multiplies; they just changed.
-        masks._cache = {}
+        masks.update_(new)
         masks.apply(state.model)
         masks.mask_optimizer_state(state.optimizer, state.model)
         self.events.append({"step": step, "target": target, "sparsity": masks.sparsity()})
@@ -165,7 +163,9 @@ class GMPHparams:
         begin_fraction: t₀ as a fraction of the run's optimizer steps.
         end_fraction: the last pruning event as a fraction of the run's steps (the rest of the
             run recovers at s_f; Zhu & Gupta stop pruning well before the end).
-        frequency: Δt, optimizer steps between pruning events.
+        frequency: Δt, optimizer steps between pruning events (None: a twentieth of the pruning
+            range, at least 1, so the schedule has about 20 events whatever the data set's size;
+            on Fashion-MNIST with 10 epochs and ``end_fraction=0.5`` that is 107 steps).
         scope: ``"global"`` or ``"layer"`` magnitude.
         epochs: length of the run (None: the retraining budget for ``start="dense"``, the dense
             budget for ``start="init"``).
@@ -178,7 +178,7 @@ class GMPHparams:
     initial_sparsity: float = 0.0
     begin_fraction: float = 0.0
     end_fraction: float = 0.75
-    frequency: int = 100
+    frequency: int | None = None
     scope: str = "global"
     epochs: int | None = None
     select_best: bool = True
@@ -192,8 +192,8 @@ class GMPHparams:
             raise ConfigError(f"need 0 <= begin_fraction <= end_fraction <= 1, got "
                               f"{self.begin_fraction} and {self.end_fraction}")
         check_sparsity(self.initial_sparsity)
-        if not isinstance(self.frequency, int) or self.frequency < 1:
-            raise ConfigError(f"frequency must be an integer >= 1, got {self.frequency!r}")
+        if self.frequency is not None and (not isinstance(self.frequency, int) or self.frequency < 1):
+            raise ConfigError(f"frequency must be an integer >= 1 or None, got {self.frequency!r}")
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
             raise ConfigError(f"epochs must be an integer >= 1 or None, got {self.epochs!r}")
 
@@ -222,10 +222,11 @@ class GMP(TrainingMethod):
         steps_per_epoch = math.ceil(len(ctx.data.train) / config.batch_size)
         total = config.epochs * steps_per_epoch
         initial = min(hp.initial_sparsity, target)
+        begin_step, end_step = round(hp.begin_fraction * total), round(hp.end_fraction * total)
+        frequency = hp.frequency or max(1, round((end_step - begin_step) / AUTO_EVENTS))
         callback = GradualMagnitudePruning(
-            final_sparsity=target, initial_sparsity=initial,
-            begin_step=round(hp.begin_fraction * total), end_step=round(hp.end_fraction * total),
-            frequency=hp.frequency, scope=hp.scope, log=ctx.log)
+            final_sparsity=target, initial_sparsity=initial, begin_step=begin_step, end_step=end_step,
+            frequency=frequency, scope=hp.scope, log=ctx.log)
         masks = Masks.ones(model)
         keeper = _BestAtFinal(callback) if hp.select_best and len(ctx.data.val) else None
         t0 = time.perf_counter()
@@ -239,6 +240,6 @@ class GMP(TrainingMethod):
             model=model, masks=masks.clone(),
             traces={"epochs": history, "pruning": callback.events},
             info={"start": hp.start, "epochs": config.epochs, "begin_step": callback.begin_step,
-                  "end_step": callback.end_step, "events": len(callback.events),
+                  "end_step": callback.end_step, "frequency": frequency, "events": len(callback.events),
                   "selected_epoch": keeper.epoch if keeper is not None else len(history)},
             phase_times={"train": seconds})
