@@ -147,6 +147,15 @@ def test_run_reaches_the_target_exactly(synthetic, start):
     json.dumps({"traces": outcome.traces, "info": outcome.info})
 
 
+def test_default_frequency_gives_about_twenty_events(synthetic):
+    dense = mlp()
+    ctx = _context(synthetic, dense, target=0.8)
+    ctx.retrain_config = TrainConfig(epochs=12, batch_size=60, lr=0.05)  # 108 steps, pruning until 81
+    outcome = methods.create("gmp").run(ctx)
+    assert outcome.info["frequency"] == 4 and outcome.info["end_step"] == 81
+    assert [e["step"] for e in outcome.traces["pruning"]] == list(range(0, 81, 4)) + [81]
+
+
 def test_run_from_dense_needs_a_dense_model(synthetic):
     with pytest.raises(MethodError, match="dense"):
         methods.create("gmp").run(_context(synthetic, None, target=0.5))

@@ -25,6 +25,7 @@ from prunelab.methods.ltp import (
     _SoftThreshold,
     hard_mask,
     learn_thresholds,
+    recalibrate_batchnorm,
     soft_mask,
     temperature_of,
 )
@@ -328,6 +329,20 @@ def test_batchnorm_model_trains_with_ltp():
         assert int(wrapped.model.bn1.num_batches_tracked) == 2 * 6 + 2 * 6  # BN ran in training mode
         assert all(torch.isfinite(p).all() for p in wrapped.parameters())
     assert trail[-1].compression >= 1.0
+    assert all(e.bn_recalibrated for e in trail)
+
+
+def test_recalibrate_batchnorm_estimates_exact_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU()).eval()
+    model[1].running_mean.fill_(5.0)
+    x = torch.randn(64, 1, 6, 6)
+    assert recalibrate_batchnorm(model, x, batch_size=16)
+    features = model[0](x).detach()
+    assert torch.allclose(model[1].running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
+    assert int(model[1].num_batches_tracked) == 4
+    assert not recalibrate_batchnorm(mlp(), torch.randn(4, 1, 8, 8))
 
 
 # -- the registered method --------------------------------------------------------------------

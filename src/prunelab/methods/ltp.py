@@ -29,7 +29,9 @@ No official code exists (papers.md §3); the choices made here, each tested in t
   ``λ · Σw² / N`` on the underlying weights, thresholds still learned (by the task loss only):
   the batch-norm study of issue 9 compares the three.
 - **Evaluation.** In ``eval()`` mode the wrapped model uses the hard mask ``w · 1[w² > τ]`` (the
-  deployed network), in ``train()`` mode the soft mask.
+  deployed network), in ``train()`` mode the soft mask. Each trail network's batch-norm
+  statistics are re-estimated on 2000 training samples first (they were gathered with soft
+  weights; on a narrow BN CNN at 15x this moved hard-mask validation accuracy from 26 % to 73 %).
 - **Trail selection.** :meth:`Trail.pick` by target compression takes the entry with the
   smallest compression at or above the target; by accuracy floor the most compressed entry
   meeting it.
@@ -321,6 +323,41 @@ class SoftThresholdModel(nn.Module):
         return functional_call(self.model, substitutes, args, kwargs, strict=False)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> bool:
+    """Recompute the running statistics of every batch-norm layer of ``model`` on inputs ``x``.
+
+    LTP trains with soft-masked weights, so the running statistics describe the soft network;
+    the hard-masked one (what the trail evaluates and keeps) feeds its BN layers differently.
+    This re-estimates them as exact averages over ``x`` (momentum None), in training mode,
+    without gradients, then restores each layer's momentum and the model's mode.
+
+    Args:
+        model: the network (changed in place).
+        x: calibration inputs (a few thousand training samples).
+        batch_size: forward batch size.
+
+    Returns:
+        True if the model has batch-norm layers (and they were recalibrated).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(x) == 0:
+        return False
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    device = next(model.parameters()).device
+    for start in range(0, len(x), batch_size):
+        model(x[start:start + batch_size].to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return True
+
+
 def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     if q <= 0:
         return torch.zeros((), dtype=values.dtype)
@@ -348,6 +385,7 @@ class TrailEntry:
         layer_sparsity: ``name -> fraction pruned``.
         soft_density: Σσ/N, the normalised soft-L0.
         partial: recorded mid-epoch, when the target compression stopped training.
+        bn_recalibrated: batch-norm statistics were re-estimated for the hard-masked network.
         state: the hard-masked model's ``state_dict`` (None when not kept in memory).
         masks: the hard masks.
         path: checkpoint file, when the trail is saved to disk.
@@ -365,6 +403,7 @@ class TrailEntry:
     layer_sparsity: dict[str, float]
     soft_density: float
     partial: bool = False
+    bn_recalibrated: bool = False
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     masks: Masks | None = field(default=None, repr=False)
     path: str | None = None
@@ -373,7 +412,7 @@ class TrailEntry:
         """The JSON-able fields (no tensors)."""
         out = {k: getattr(self, k) for k in (
             "epoch", "step", "compression", "sparsity", "val_top1", "val_loss", "transition_fraction",
-            "thresholds", "temperatures", "layer_sparsity", "soft_density", "partial", "path")}
+            "thresholds", "temperatures", "layer_sparsity", "soft_density", "partial", "bn_recalibrated", "path")}
         return out
 
     def restore(self, model: nn.Module) -> Masks:
@@ -470,6 +509,9 @@ class LTPCallback(Callback):
         stop_at_compression: stop training as soon as the hard mask reaches this compression
             (checked every ``check_every`` steps; the point is added to the trail).
         check_every: steps between those checks.
+        calib: inputs (a tensor or a ``Split``) on which the batch-norm statistics of every
+            hard-masked trail network are re-estimated (:func:`recalibrate_batchnorm`) before it
+            is evaluated and kept; None or a model without batch-norm: no recalibration.
         eval_batch_size: batch size of the validation pass.
         log: progress lines (default: the ``prunelab.ltp`` logger).
     """
@@ -477,7 +519,7 @@ class LTPCallback(Callback):
     def __init__(self, wrapped: SoftThresholdModel, penalty_weight: float, penalty: str = "l0", val=None,
                  keep_states: bool = True, checkpoint_dir: str | Path | None = None,
                  stall_fraction: float = 1e-3, stop_at_compression: float | None = None,
-                 check_every: int = 50, eval_batch_size: int = 1000,
+                 check_every: int = 50, calib=None, eval_batch_size: int = 1000,
                  log: Callable[[str], None] | None = None):
         if penalty not in PENALTIES:
             raise ConfigError(f"unknown penalty {penalty!r}; choose one of {', '.join(PENALTIES)}")
@@ -492,6 +534,7 @@ class LTPCallback(Callback):
         if not isinstance(check_every, int) or check_every < 1:
             raise ConfigError(f"check_every must be an integer >= 1, got {check_every!r}")
         self.stop_at_compression, self.check_every = stop_at_compression, check_every
+        self.calib = getattr(calib, "x", calib)
         self.trail = Trail()
         self.stalled_epochs: list[int] = []
 
@@ -524,6 +567,7 @@ class LTPCallback(Callback):
     def _record(self, epoch: int, step: int, partial: bool = False) -> None:
         wrapped = self.wrapped
         model, masks = wrapped.hard_model()
+        recalibrated = self.calib is not None and recalibrate_batchnorm(model, self.calib)
         kept, total = masks.kept(), masks.total()
         metrics = evaluate(model, self.val, self.eval_batch_size) if self.val is not None and len(self.val) else {}
         taus, temps = wrapped.thresholds().detach(), wrapped.temperatures()
@@ -538,6 +582,7 @@ class LTPCallback(Callback):
             temperatures={n: float(temps[i]) for i, n in enumerate(wrapped.names)},
             layer_sparsity={n: d["sparsity"] for n, d in masks.per_layer().items()},
             soft_density=float(soft) / total,
+            bn_recalibrated=recalibrated,
             state={k: v.detach().clone() for k, v in model.state_dict().items()} if self.keep_states else None,
             masks=masks,
         )
@@ -564,7 +609,8 @@ def learn_thresholds(model: nn.Module, data, config: TrainConfig, *, penalty_wei
                      penalty: str = "l0", gradient: str = "approx", threshold_init_quantile: float = 0.0,
                      val=None, keep_states: bool = True, checkpoint_dir: str | Path | None = None,
                      stall_fraction: float = 1e-3, stop_at_compression: float | None = None,
-                     check_every: int = 50, log: Callable[[str], None] | None = None,
+                     check_every: int = 50, bn_calibration_size: int = 2000,
+                     log: Callable[[str], None] | None = None,
                      **prunable_kwargs) -> tuple[Trail, SoftThresholdModel]:
     """Run LTP on ``model`` (trained in place) with the core training loop and return the trail.
 
@@ -588,6 +634,8 @@ def learn_thresholds(model: nn.Module, data, config: TrainConfig, *, penalty_wei
         stall_fraction: warn below this transition fraction.
         stop_at_compression: stop once the hard mask reaches this compression.
         check_every: steps between checks of ``stop_at_compression``.
+        bn_calibration_size: training samples (a seeded random subset) on which each trail
+            network's batch-norm statistics are re-estimated (0: never; no effect without BN).
         log: progress lines.
         **prunable_kwargs: which layers are thresholded (see ``prunable_parameters``).
 
@@ -600,11 +648,17 @@ def learn_thresholds(model: nn.Module, data, config: TrainConfig, *, penalty_wei
     if hasattr(data, "train") and hasattr(data, "val"):
         val = data.val if val is None else val
         data = data.train
+    calib = None
+    if bn_calibration_size > 0:
+        x = getattr(data, "x", None)
+        x = data[0] if x is None else x
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed))[:bn_calibration_size]
+        calib = x[pick.sort().values]
     wrapped = SoftThresholdModel(model, temperature, gradient, threshold_init_quantile, **prunable_kwargs)
     callback = LTPCallback(wrapped, penalty_weight, penalty, val=val, keep_states=keep_states,
                            checkpoint_dir=checkpoint_dir, stall_fraction=stall_fraction,
                            stop_at_compression=stop_at_compression, check_every=check_every,
-                           eval_batch_size=config.eval_batch_size, log=log)
+                           calib=calib, eval_batch_size=config.eval_batch_size, log=log)
     optimizer = make_optimizer(wrapped.parameter_groups(threshold_lr, threshold_momentum), config)
     # The training split only: the callback evaluates the hard-masked network itself.
     train(wrapped, data, config, callbacks=[callback], optimizer=optimizer, label="ltp")
