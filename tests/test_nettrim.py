@@ -24,7 +24,7 @@ def layer():
 def test_solution_satisfies_the_constraints(layer, epsilon):
     X, W, b, outputs = layer
     start = torch.randn(8, 30, generator=torch.Generator().manual_seed(1))
-    result = nettrim_solve(X, outputs, epsilon, weight=start, max_iters=2000, tol=1e-4)
+    result = nettrim_solve(X, outputs, epsilon, weight=start, rho=10.0, max_iters=2000, tol=1e-5)
     fit, leak = nettrim_constraints(X, outputs, result.weight, result.bias)
     # Active samples fit within ε (relative), inactive ones stay at or below 0, to tolerance.
     assert float(fit.max()) <= epsilon * (1 + 2e-3)
@@ -35,11 +35,11 @@ def test_solution_satisfies_the_constraints(layer, epsilon):
 
 def test_looser_epsilon_gives_smaller_l1_norm(layer):
     X, W, b, outputs = layer
-    norms = [nettrim_solve(X, outputs, eps, max_iters=1500, tol=1e-4).weight.abs().sum().item()
+    norms = [nettrim_solve(X, outputs, eps, rho=10.0, max_iters=1500, tol=1e-5).weight.abs().sum().item()
              for eps in (0.02, 0.2, 0.6)]
     assert norms[0] > norms[1] > norms[2]
     # At ε = 1 the zero weights are feasible and optimal.
-    assert nettrim_solve(X, outputs, 1.0, max_iters=500).weight.abs().max() < 1e-3
+    assert nettrim_solve(X, outputs, 1.0, rho=10.0, max_iters=500).weight.abs().max() < 1e-3
 
 
 def test_mask_and_warm_start(layer):
@@ -89,3 +89,17 @@ def test_nettrim_rejects_bad_input(layer):
     model, _ = _mlp_and_data()
     with pytest.raises(ConfigError, match="calibration"):
         prunelab.methods.create("nettrim").prune(model, None, 0.5)
+
+
+def test_least_squares_refit_recovers_the_true_weights_on_their_support(layer):
+    from prunelab.methods.nettrim import least_squares_refit
+
+    X, W, b, outputs = layer
+    weight, bias = least_squares_refit(X, outputs, W != 0)
+    torch.testing.assert_close(weight, W, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bias, b, rtol=1e-4, atol=1e-4)
+    model, calib = _mlp_and_data()
+    masks = prunelab.methods.create("nettrim", search_steps=0, max_iters=50, refit=True).prune(
+        model, None, 0.75, calib)
+    assert int(masks["0.weight"].sum()) == 80
+    assert bool((model[0].weight[~masks["0.weight"]] == 0).all())
