@@ -384,3 +384,21 @@ def test_run_pitas_studies_writes_both_studies(tmp_path, monkeypatch):
     assert len(list((tmp_path / "studies").glob("*.png"))) == 3
     with pytest.raises(ConfigError, match="budget"):
         studies.run_pitas_studies(tmp_path, dataset="synthetic", budget="huge", log=None)
+
+
+def test_bench_pitas_studies_writes_a_self_contained_report(tmp_path, monkeypatch, capsys):
+    import base64
+
+    from prunelab import studies
+    from prunelab.cli import main
+
+    png = tmp_path / "fig.png"
+    png.write_bytes(base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="))
+    fake = [{"study": "depth", "model": {"name": "conv6"}, "dataset": {"name": "fashion-mnist"},
+             "claims": {"text": "claim (1) holds"}, "figure": str(png)}]
+    monkeypatch.setattr(studies, "run_pitas_studies", lambda out, dataset, **kw: fake)
+    assert main(["bench", "--suite", "pitas-studies", "--out", str(tmp_path / "o")]) == 0
+    page = (tmp_path / "o" / "studies" / "report.html").read_text()
+    assert "claim (1) holds" in page and "data:image/png;base64," in page and "http" not in page
+    assert "depth study: conv6 on fashion-mnist" in (tmp_path / "o" / "studies" / "report.md").read_text()
