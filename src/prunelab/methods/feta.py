@@ -225,7 +225,9 @@ def feta_tau_guess(X: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor,
     if support is not None:
         score = score[support.flatten()]
     n_keep = max(1, min(n_keep, score.numel()))
-    return float(step * torch.topk(score, n_keep).values[-1])
+    # The score can be negative at the cut (a layer whose kept weights barely matter); τ must be
+    # positive for the search on log τ.
+    return max(float(step * torch.topk(score, n_keep).values[-1]), 1e-12)
 
 
 def feta_search_tau(X: torch.Tensor, Y: torch.Tensor, n_keep: int, tau0: float, *,
