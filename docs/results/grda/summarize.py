@@ -87,13 +87,14 @@ def plot(runs, path: Path, epochs_by_model: dict) -> None:
                        label=f"plain SGD, {epochs} ep (lr {r['lr']:g})")
             ax.axhspan(100 * r["test_top1"] - 1, 100 * r["test_top1"], color="grey", alpha=0.12,
                        label="within 1 point of SGD")
-        grda = sorted((r for r in mine if r["kind"] == "grda"), key=lambda r: r["sparsity"])
-        if grda:
-            ax.plot([100 * r["sparsity"] for r in grda], [100 * r["test_top1"] for r in grda], "o-",
-                    color="C0", label=f"gRDA, {epochs} ep (no retraining)")
-            for r in grda:
-                ax.annotate(f"μ={r['mu']:g}, c={r['c']:g}", (100 * r["sparsity"], 100 * r["test_top1"]),
-                            textcoords="offset points", xytext=(4, -10), fontsize=7, color="C0")
+        grda = [r for r in mine if r["kind"] == "grda"]
+        for i, c in enumerate(sorted({r["c"] for r in grda}, reverse=True)):
+            pts = sorted((r for r in grda if r["c"] == c), key=lambda r: r["sparsity"])
+            ax.plot([100 * r["sparsity"] for r in pts], [100 * r["test_top1"] for r in pts], "o-",
+                    color=("C0", "C2", "C4")[i % 3], label=f"gRDA c={c:g}, {epochs} ep (no retraining)")
+            for r in pts:
+                ax.annotate(f"μ={r['mu']:g}", (100 * r["sparsity"], 100 * r["test_top1"]),
+                            textcoords="offset points", xytext=(-6, -13), fontsize=7, color=("C0", "C2", "C4")[i % 3])
         for retrain in sorted({r["retrain"] for r in mine if r["kind"] == "magret"}):
             pts = sorted((r for r in mine if r["kind"] == "magret" and r["retrain"] == retrain),
                          key=lambda r: r["sparsity"])
