@@ -415,3 +415,33 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x: torch.Tensor
                 f"({data.nbytes / 2**20:.1f} MiB) in {layer_info['seconds']:.2f} s")
         del data, problem
     return new_masks, infos
+
+
+def check_common_hparams(hparams, label: str) -> None:
+    """Normalise ``layers`` and check ``mode`` of a layer-wise method's frozen hparams in place."""
+    object.__setattr__(hparams, "layers", as_layer_names(hparams.layers))
+    if hparams.mode not in MODES:
+        raise ConfigError(f"{label} mode must be one of {MODES}, got {hparams.mode!r}")
+
+
+def prune_with_solver(label: str, model: nn.Module, masks, sparsity: float, calib, hparams,
+                      solve: Callable) -> tuple:
+    """The shared body of the layer-wise methods' ``prune``: check the calibration data, run
+    :func:`prune_layers` with the method's common hparams, apply the new masks.
+
+    Returns:
+        ``(masks, per-layer info)``.
+    """
+    from .masks import Masks
+
+    if calib is None:
+        raise ConfigError(f"{label} needs calibration data: pass calib=<a Split> (e.g. data.train)")
+    masks = Masks.ones(model) if masks is None else masks
+    masks.validate(model)
+    new, info = prune_layers(
+        model, masks, sparsity, calib.x, solve, layers=hparams.layers,
+        include_last=hparams.include_last, mode=hparams.mode, max_samples=hparams.max_samples,
+        seed=hparams.seed)
+    result = Masks(new)
+    result.apply(model)
+    return result, info

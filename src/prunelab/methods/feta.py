@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..layerwise import LayerProblem, MODES, as_layer_names, prune_layers, top_k_mask
+from ..layerwise import LayerProblem, check_common_hparams, prune_with_solver, top_k_mask
 from ..masks import Masks
 from . import register
 from .base import OneShotMethod, check_sparsity
@@ -345,11 +345,9 @@ class FetaHparams:
     seed: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "layers", as_layer_names(self.layers))
+        check_common_hparams(self, "FeTa")
         if self.init not in INITS:
             raise ConfigError(f"FeTa init must be one of {INITS}, got {self.init!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"FeTa mode must be one of {MODES}, got {self.mode!r}")
         for name in ("outer_iters", "epochs", "batch_size", "search_steps"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"FeTa {name} must be >= 1, got {getattr(self, name)}")
@@ -427,10 +425,6 @@ class Feta(OneShotMethod):
     def prune(self, model, masks=None, sparsity=0.5, calib=None) -> Masks:
         hp = self.hparams
         sparsity = check_sparsity(sparsity)
-        if calib is None:
-            raise ConfigError("FeTa needs calibration data: pass calib=<a Split> (e.g. data.train)")
-        masks = Masks.ones(model) if masks is None else masks
-        masks.validate(model)
         taus = iter(hp.tau if isinstance(hp.tau, tuple) else ())
 
         def solve(problem: LayerProblem):
@@ -439,9 +433,5 @@ class Feta(OneShotMethod):
                 raise ConfigError(f"FeTa got {len(hp.tau)} tau values for more pruned layers")
             return _solve_layer(hp, problem, tau)
 
-        new, self.last_info = prune_layers(
-            model, masks, sparsity, calib.x, solve, layers=hp.layers,
-            include_last=hp.include_last, mode=hp.mode, max_samples=hp.max_samples, seed=hp.seed)
-        result = Masks(new)
-        result.apply(model)
+        result, self.last_info = prune_with_solver("FeTa", model, masks, sparsity, calib, hp, solve)
         return result

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, MethodError
-from ..layerwise import LayerProblem, MODES, as_layer_names, prune_layers
+from ..layerwise import LayerProblem, check_common_hparams, prune_with_solver
 from ..masks import Masks
 from . import register
 from .base import OneShotMethod, check_sparsity
@@ -247,11 +247,9 @@ class LobsHparams:
     seed: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "layers", as_layer_names(self.layers))
+        check_common_hparams(self, "L-OBS")
         if self.update not in UPDATES:
             raise ConfigError(f"L-OBS update must be one of {UPDATES}, got {self.update!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"L-OBS mode must be one of {MODES}, got {self.mode!r}")
         if self.damping < 0:
             raise ConfigError(f"L-OBS damping must be >= 0, got {self.damping}")
 
@@ -270,10 +268,6 @@ class Lobs(OneShotMethod):
     def prune(self, model, masks=None, sparsity=0.5, calib=None) -> Masks:
         hp = self.hparams
         sparsity = check_sparsity(sparsity)
-        if calib is None:
-            raise ConfigError("L-OBS needs calibration data: pass calib=<a Split> (e.g. data.train)")
-        masks = Masks.ones(model) if masks is None else masks
-        masks.validate(model)
 
         def solve(problem: LayerProblem):
             w, b, m = lobs_prune_layer(problem.data.inputs, problem.weight, problem.bias,
@@ -281,9 +275,5 @@ class Lobs(OneShotMethod):
                                        update=hp.update, max_hessian_bytes=hp.max_hessian_bytes)
             return w, b, m, {}
 
-        new, self.last_info = prune_layers(
-            model, masks, sparsity, calib.x, solve, layers=hp.layers,
-            include_last=hp.include_last, mode=hp.mode, max_samples=hp.max_samples, seed=hp.seed)
-        result = Masks(new)
-        result.apply(model)
+        result, self.last_info = prune_with_solver("L-OBS", model, masks, sparsity, calib, hp, solve)
         return result

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..layerwise import LayerProblem, MODES, as_layer_names, prune_layers, top_k_mask
+from ..layerwise import LayerProblem, check_common_hparams, prune_with_solver, top_k_mask
 from ..masks import Masks
 from . import register
 from .base import OneShotMethod, check_sparsity
@@ -386,7 +386,7 @@ class NetTrimHparams:
     seed: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "layers", as_layer_names(self.layers))
+        check_common_hparams(self, "Net-Trim")
         if not 0 < self.epsilon_min < self.epsilon_max:
             raise ConfigError("Net-Trim needs 0 < epsilon_min < epsilon_max")
         if self.epsilon <= 0:
@@ -395,8 +395,6 @@ class NetTrimHparams:
             raise ConfigError(f"Net-Trim rho must be > 0 or None, got {self.rho}")
         if self.search_steps < 0 or self.search_iters < 1 or self.max_iters < 1:
             raise ConfigError("Net-Trim needs search_steps >= 0, search_iters >= 1, max_iters >= 1")
-        if self.mode not in MODES:
-            raise ConfigError(f"Net-Trim mode must be one of {MODES}, got {self.mode!r}")
 
 
 @register("nettrim")
@@ -413,13 +411,5 @@ class NetTrim(OneShotMethod):
     def prune(self, model, masks=None, sparsity=0.5, calib=None) -> Masks:
         hp = self.hparams
         sparsity = check_sparsity(sparsity)
-        if calib is None:
-            raise ConfigError("Net-Trim needs calibration data: pass calib=<a Split> (e.g. data.train)")
-        masks = Masks.ones(model) if masks is None else masks
-        masks.validate(model)
-        new, self.last_info = prune_layers(
-            model, masks, sparsity, calib.x, lambda p: _solve_layer(hp, p), layers=hp.layers,
-            include_last=hp.include_last, mode=hp.mode, max_samples=hp.max_samples, seed=hp.seed)
-        result = Masks(new)
-        result.apply(model)
+        result, self.last_info = prune_with_solver("Net-Trim", model, masks, sparsity, calib, hp, lambda p: _solve_layer(hp, p))
         return result
