@@ -91,3 +91,47 @@ def test_bad_input_is_a_clear_error():
         prunelab.prune(_mlp(), "magnitude", sparsity=0.5, scope="neuron")
     with pytest.raises(ConfigError, match="no hyperparameter"):
         prunelab.prune(_mlp(), "magnitude", sparsity=0.5, bogus=1)
+
+
+def _reference_keep(scores, keep, k):
+    """Exact reference: stable sort of |score| (pruned entries first), prune the first k."""
+    flat = torch.cat([s.abs().reshape(-1).double() for s in scores])
+    if keep is not None:
+        flat[~torch.cat([m.reshape(-1) for m in keep])] = -1.0
+    order = torch.sort(flat, stable=True).indices
+    kept = torch.ones(flat.numel(), dtype=torch.bool)
+    kept[order[:k]] = False
+    return list(kept.split([s.numel() for s in scores]))
+
+
+@pytest.mark.parametrize("k", [1, 37, 500, 1000, 1336])
+def test_chunked_bracketed_selection_is_exact_with_ties_across_chunks(monkeypatch, k):
+    # Tiny chunks and a tiny sample force the bracketed path, many chunks per tensor and ties
+    # spread over several chunks and tensors (values drawn from 40 levels).
+    from prunelab.methods import magnitude
+
+    monkeypatch.setattr(magnitude, "CHUNK", 64)
+    monkeypatch.setattr(magnitude, "SAMPLE", 50)
+    g = torch.Generator().manual_seed(1)
+    scores = [(torch.randint(-20, 21, shape, generator=g) / 4.0) for shape in [(30, 40), (7,), (13, 10)]]
+    keep = [torch.rand(s.shape, generator=g) > 0.2 for s in scores]
+    for current in (None, keep):
+        already = 0 if current is None else sum(int((~m).sum()) for m in current)
+        kk = max(k, already)
+        got = select_smallest(scores, current, kk)
+        want = _reference_keep(scores, current, kk)
+        for g_mask, w_mask in zip(got, want):
+            assert torch.equal(g_mask.reshape(-1), w_mask)
+        assert sum(int((~m).sum()) for m in got) == kk
+
+
+def test_nan_scores_are_rejected_on_every_path(monkeypatch):
+    from prunelab.methods import magnitude
+
+    monkeypatch.setattr(magnitude, "CHUNK", 16)
+    monkeypatch.setattr(magnitude, "SAMPLE", 8)
+    w = torch.arange(100, dtype=torch.float32)
+    w[77] = float("nan")  # not in the strided sample (stride 12)
+    for k in (0, 5, 60):
+        with pytest.raises(ConfigError, match="NaN"):
+            select_smallest([w], None, k)

@@ -7,11 +7,12 @@ deterministically: among equal magnitudes the earlier weight (module order, then
 order) is pruned first. On repeated calls already-pruned weights stay pruned and the new prunes
 come from the survivors, so masks are monotone.
 
-The k-th smallest magnitude is found without sorting: a seeded sample of 65,536 magnitudes
+The k-th smallest magnitude is found without sorting: a strided sample of 65,536 magnitudes
 brackets it, one counting pass over the weights finds how many lie below the bracket and gathers
-the few inside it, and ``kthvalue`` on those gives the exact value. That is a handful of cheap
-passes over the weights instead of a sort or a top-k, so global pruning of 25 M weights costs a
-fraction of ``torch.nn.utils.prune.global_unstructured``.
+the few inside it, and ``kthvalue`` on those gives the exact value; a second pass writes the
+masks. Both passes work on 1 MiB chunks, so the weights are read from memory twice and the other
+operations hit the cache: global pruning of 25 M weights costs a small fraction of
+``torch.nn.utils.prune.global_unstructured`` (``benchmarks/bench_core.py``).
 """
 
 from __future__ import annotations
@@ -29,47 +30,89 @@ from .base import OneShotMethod, check_sparsity
 SCOPES = ("global", "layer")
 
 
-def _magnitudes(scores: list[torch.Tensor], keep: list[torch.Tensor] | None) -> list[torch.Tensor]:
-    """Flat float32 |score|; entries already pruned become -1 so they rank first."""
-    values = [s.detach().float().abs().reshape(-1) for s in scores]
-    if keep is not None:
-        for v, m in zip(values, keep):
-            v.masked_fill_(~m.reshape(-1), -1.0)
-    return values
+#: elements per chunk of the selection passes: 1 MiB of float32, so the few passes made over each
+#: chunk read it from cache and the weights themselves are read from memory only twice.
+CHUNK = 1 << 18
+#: size of the strided sample that brackets the k-th smallest magnitude.
+SAMPLE = 1 << 16
 
 
-def _kth_smallest(values: list[torch.Tensor], k: int) -> tuple[float, int, int]:
-    """The k-th smallest value ``t`` (1-based) over all tensors together, with the number of
-    values below ``t`` and the number equal to it.
+class _Magnitudes:
+    """|score| of every entry of several tensors, computed chunk by chunk into one reused buffer.
 
-    A strided sample brackets the k-th value; one counting pass finds how many values lie
-    below the bracket and gathers the few inside it, and ``kthvalue`` on those gives the exact
-    answer. A bracket that misses (unlikely) widens to everything, so the result is always exact.
+    Entries already pruned (``keep`` False) read as -1, so they rank first.
     """
-    total = sum(v.numel() for v in values)
-    sample_size = min(total, 1 << 16)
+
+    def __init__(self, scores: list[torch.Tensor], keep: list[torch.Tensor] | None):
+        self.flat = [s.detach().reshape(-1) for s in scores]
+        self.keep = None if keep is None else [m.reshape(-1) for m in keep]
+        self.total = sum(f.numel() for f in self.flat)
+        self._buf = torch.empty(min(CHUNK, max(1, self.total)), dtype=torch.float32)
+
+    def _abs(self, values: torch.Tensor, out: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        out.copy_(values)
+        out.abs_()
+        if keep is not None:
+            out.masked_fill_(keep.logical_not(), -1.0)
+        return out
+
+    def chunks(self):
+        """Yield ``(tensor index, start, magnitudes)``; the magnitudes live in a reused buffer."""
+        for i, f in enumerate(self.flat):
+            for start in range(0, f.numel(), CHUNK):
+                c = f[start:start + CHUNK]
+                keep = None if self.keep is None else self.keep[i][start:start + CHUNK]
+                yield i, start, self._abs(c, self._buf[:c.numel()], keep)
+
+    def sample(self, stride: int) -> torch.Tensor:
+        """Every ``stride``-th magnitude of each tensor (a deterministic, cheap sample)."""
+        parts = []
+        for i, f in enumerate(self.flat):
+            view = f[::stride]
+            keep = None if self.keep is None else self.keep[i][::stride]
+            parts.append(self._abs(view, torch.empty(view.numel(), dtype=torch.float32), keep))
+        return torch.cat(parts)
+
+
+def _kth_smallest(mags: _Magnitudes, k: int) -> tuple[float, int, int]:
+    """The k-th smallest magnitude ``t`` (1-based) over all tensors together, with the number of
+    magnitudes below ``t`` and the number equal to it.
+
+    A strided sample brackets the k-th value; one pass over the chunks counts the values below
+    the bracket and gathers the few inside it, and ``kthvalue`` on those gives the exact answer.
+    A bracket that misses (unlikely) widens to everything, so the result is always exact.
+    """
+    total = mags.total
     inf = float("inf")
     lo, hi = -inf, inf
-    if sample_size < total:
-        # A strided sample: cheap (views), deterministic, and unbiased for weights whose order
-        # carries no magnitude pattern; a pathological order only widens the search below.
-        stride = max(1, total // sample_size)
-        sample = torch.cat([v[::stride] for v in values]).sort().values
-        sample_size = sample.numel()
-        margin = 6.0 / sample_size**0.5 + 1.0 / sample_size
-        lo_i, hi_i = int((k / total - margin) * sample_size), int((k / total + margin) * sample_size)
+    if total > SAMPLE:
+        # A strided sample: deterministic, and unbiased for weights whose order carries no
+        # magnitude pattern; a pathological order only widens the search below.
+        sample = mags.sample(max(1, total // SAMPLE)).sort().values
+        n = sample.numel()
+        margin = 6.0 / n**0.5 + 1.0 / n
+        lo_i, hi_i = int((k / total - margin) * n), int((k / total + margin) * n)
         lo = float(sample[lo_i]) if lo_i > 0 else -inf
-        hi = float(sample[hi_i]) if hi_i < sample_size else inf
+        hi = float(sample[hi_i]) if hi_i < n else inf
+        if bool(torch.isnan(sample).any()):
+            raise ConfigError("cannot rank the scores: they contain NaN")
     for lo, hi in ((lo, hi), (-inf, inf)):
-        if lo == -inf and hi == inf:
-            below, inside = 0, torch.cat(values)
-        else:
-            below = sum(int(torch.count_nonzero(v < lo)) for v in values) if lo > -inf else 0
-            inside = torch.cat([v[(v >= lo) & (v <= hi)] for v in values])
+        below, nan, parts = 0, 0, []
+        for _, _, a in mags.chunks():
+            nan += int(torch.count_nonzero(torch.isnan(a)))
+            if lo == -inf and hi == inf:
+                parts.append(a.clone())
+                continue
+            low = a < lo
+            below += int(torch.count_nonzero(low))
+            parts.append(a[low.logical_not_().logical_and_(a <= hi)])
+        if nan:
+            raise ConfigError("cannot rank the scores: they contain NaN")
+        inside = torch.cat(parts)
         if below < k <= below + inside.numel():
             t = torch.kthvalue(inside, k - below).values
             return float(t), below + int(torch.count_nonzero(inside < t)), int(torch.count_nonzero(inside == t))
-    raise ConfigError("cannot rank the scores: they contain NaN")
+    raise AssertionError("unreachable: the full range always contains the k-th value")
 
 
 def select_smallest(scores: list[torch.Tensor], keep: list[torch.Tensor] | None, k: int) -> list[torch.Tensor]:
@@ -83,28 +126,45 @@ def select_smallest(scores: list[torch.Tensor], keep: list[torch.Tensor] | None,
     Returns:
         One bool tensor per score tensor (``True`` = kept). Ties at the threshold are pruned in
         order (earlier tensor, then row-major), so the count is exact and deterministic.
+
+    Cost: two passes over the scores in memory (find the threshold, write the masks); the other
+    work happens on 1 MiB chunks in cache.
     """
     total = sum(s.numel() for s in scores)
     if not 0 <= k <= total:
         raise ConfigError(f"cannot prune {k} of {total} weights")
     if keep is not None and all(bool(m.all()) for m in keep):
-        keep = None  # nothing pruned yet: no masking pass needed
-    values = _magnitudes(scores, keep)
-    if any(bool(torch.isnan(v.sum())) for v in values):
-        raise ConfigError("cannot rank the scores: they contain NaN")
+        keep = None  # nothing pruned yet: no masking needed
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _select(scores, keep, k)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _select(scores: list[torch.Tensor], keep: list[torch.Tensor] | None, k: int) -> list[torch.Tensor]:
+    # One thread: the passes are many small operations on cached chunks, where a thread pool's
+    # hand-offs cost more than they save, and on a busy machine a descheduled worker made every
+    # one of them wait (measured: 100x slower under load with 2 threads).
+    mags = _Magnitudes(scores, keep)
+    kept = [torch.ones(f.numel(), dtype=torch.bool) for f in mags.flat]
     if k == 0:
-        kept = [torch.ones(v.numel(), dtype=torch.bool) for v in values]
-    else:
-        threshold, below, n_equal = _kth_smallest(values, k)
-        kept = [v > threshold for v in values]
-        remaining = k - below  # how many of the values equal to the threshold to prune, >= 1
-        if remaining < n_equal:  # a partial tie: prune the earliest, keep the rest
-            for v, m in zip(values, kept):
-                equal = (v == threshold).nonzero().flatten()
-                if equal.numel():
-                    n_prune = min(remaining, equal.numel())
-                    remaining -= n_prune
-                    m[equal[n_prune:]] = True
+        if any(bool(torch.isnan(f).any()) for f in mags.flat if f.is_floating_point()):
+            raise ConfigError("cannot rank the scores: they contain NaN")
+        return [m.view(s.shape) for m, s in zip(kept, scores)]
+    threshold, below, n_equal = _kth_smallest(mags, k)
+    remaining = k - below  # how many of the values equal to the threshold to prune, >= 1
+    partial_tie = remaining < n_equal
+    for i, start, a in mags.chunks():
+        out = kept[i][start:start + a.numel()]
+        torch.gt(a, threshold, out=out)
+        if partial_tie:
+            # a partial tie: prune the earliest equal values, keep the later ones
+            equal = (a == threshold).nonzero().flatten()
+            n_prune = min(remaining, equal.numel())
+            remaining -= n_prune
+            out[equal[n_prune:]] = True
     return [m.view(s.shape) for m, s in zip(kept, scores)]
 
 
