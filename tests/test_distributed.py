@@ -528,6 +528,279 @@ def test_torchrun_launches_the_cli(tmp_path):
     assert a.masks.equal(b.masks) and _max_diff(a.model.state_dict(), b.model.state_dict()) < TOLERANCE
 
 
+# -- bench and iterate under torchrun ------------------------------------------------------------
+def _audit_writes(root: Path) -> list:
+    """Record, in this process, every attempt to write under ``root`` (open for writing, mkdir,
+    rename/replace, remove, SQLite connect): Python's audit hooks see them all, including the
+    os.replace that commits a safetensors checkpoint written by Rust code."""
+    root = os.path.abspath(root)
+    seen = []
+
+    def under(path) -> bool:
+        if isinstance(path, int):
+            return False
+        try:
+            path = os.path.abspath(os.fsdecode(path))
+            return path == root or path.startswith(root + os.sep)
+        except (TypeError, ValueError):
+            return False
+
+    def hook(event, args):
+        if event == "open" and args and under(args[0]):
+            mode, flags = args[1] or "", args[2] or 0
+            if any(c in str(mode) for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                seen.append((event, os.fsdecode(args[0])))
+        elif event in ("os.mkdir", "os.remove", "os.rmdir", "sqlite3.connect") and args and under(args[0]):
+            seen.append((event, os.fsdecode(args[0])))
+        elif event == "os.rename" and len(args) > 1 and (under(args[0]) or under(args[1])):
+            seen.append((event, os.fsdecode(args[1])))
+
+    sys.addaudithook(hook)
+    return seen
+
+
+def _cli_audited_worker(rank, out, argv, watch, fail_rank=None):
+    """The CLI on one rank; ranks other than 0 record any write under ``watch`` (there must be
+    none). ``fail_rank``: that rank's magnitude pruning raises, in the middle of a bench run."""
+    from prunelab.cli import main
+
+    seen = _audit_writes(Path(watch)) if rank != 0 else None
+    if fail_rank == rank:
+        from prunelab.methods.magnitude import MagnitudePruning
+
+        def broken(self, *args, **kwargs):
+            raise RuntimeError(f"pruning broke on rank {rank}")
+
+        MagnitudePruning.prune = broken
+    try:
+        return main(argv)
+    finally:
+        if seen is not None:
+            (out / f"rank{rank}.writes.json").write_text(json.dumps(seen))
+
+
+BENCH_SUITE = """
+name = "tiny-dist"
+dataset = "synthetic"
+models = [{name = "mlp", kwargs = {hidden = [16, 8]}}]
+targets = [%s]
+seeds = [0]
+baselines = false
+data_kwargs = {in_shape = [1, 8, 8], num_classes = 4, n_train = 203, n_test = 100}
+dense = {epochs = 2, optimizer = "sgd", lr = 0.1, batch_size = 50}
+retrain = {epochs = 1, optimizer = "sgd", lr = 0.02, batch_size = 50}
+[[methods]]
+name = "magnitude"
+[[methods]]
+name = "lt"
+hparams = {rounds = 1, epochs = 1, rate = 0.5}
+targets = [0.5]
+"""
+
+
+def _bench_suite(tmp_path: Path, targets: str) -> Path:
+    path = tmp_path / f"suite-{len(targets)}.toml"
+    path.write_text(BENCH_SUITE % targets)
+    return path
+
+
+def _store_rows(out: Path) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        return conn.execute("SELECT hash, COUNT(*) FROM runs GROUP BY hash ORDER BY hash").fetchall()
+
+
+def _assert_same_results(dist_out: Path, single_out: Path) -> None:
+    """Every stored run of the 2-rank bench equals the single-process one: accuracies and the
+    achieved sparsity exactly, losses to float32 roundoff (SGD: summation order only)."""
+    from prunelab.store import Store
+
+    with Store(dist_out) as a, Store(single_out) as b:
+        assert a.hashes() == b.hashes() and a.check() == [] and a.suites() == b.suites()
+        for h in sorted(a.hashes()):
+            ra, rb = a.get(h), b.get(h)
+            assert ra.family == rb.family and ra.dense_cached == rb.dense_cached
+            for key, value in rb.metrics.items():
+                if key.startswith("time_"):
+                    continue
+                if key.endswith("_loss") and value is not None:
+                    assert ra.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (ra.label, key)
+                else:
+                    assert ra.metrics[key] == value, (ra.label, key)
+            assert [row["nonzero"] for row in ra.layers] == [row["nonzero"] for row in rb.layers]
+            assert ra.traces.keys() == rb.traces.keys()
+            for name, trace in rb.traces.items():
+                assert len(ra.traces[name]) == len(trace)
+                for ea, eb in zip(ra.traces[name], trace):
+                    for key in ("train_top1", "val_top1", "density", "kept", "test_top1"):
+                        assert ea.get(key) == eb.get(key), (ra.label, name, key)
+
+
+def test_cli_bench_on_two_ranks_matches_single_process_and_only_rank0_writes(tmp_path):
+    """``torchrun -m prunelab bench`` (forked ranks with torchrun's environment): the store gets each
+    run once, equal to a single-process bench with the same global batch; rank 0 alone writes.
+    A rerun with one more target resumes: rank 0 decides what is left, the new run takes its
+    dense model from rank 0's cache."""
+    from prunelab.checkpoints import load_checkpoint
+    from prunelab.cli import main
+
+    suite = _bench_suite(tmp_path, "0.75")
+    single, dist_out = tmp_path / "single", tmp_path / "dist"
+    # The single-process run first: the forked ranks inherit its imports and data.
+    assert main(["bench", "--suite", str(suite), "--out", str(single)]) == 0
+    argv = ["bench", "--suite", str(suite), "--out", str(dist_out)]
+    codes, errors, _ = launch(_cli_audited_worker, tmp_path, argv=argv, watch=str(dist_out))
+    _assert_ok(codes, errors)
+    rows = _store_rows(dist_out)
+    assert len(rows) == 2 and all(count == 1 for _, count in rows)      # 2 runs, each once
+    _assert_same_results(dist_out, single)
+    # The dense model of both runs: trained once, data-parallel, cached by rank 0.
+    (dense,) = (dist_out / "dense").glob("*.safetensors")
+    (single_dense,) = (single / "dense").glob("*.safetensors")
+    a, b = load_checkpoint(dense), load_checkpoint(single_dense)
+    assert _max_diff(a.model.state_dict(), b.model.state_dict()) < TOLERANCE
+    # One report, by rank 0; rank 1 wrote nothing at all under the output directory.
+    assert (dist_out / "report.html").is_file() and (dist_out / "report.md").is_file()
+    assert errors[0].count("report: ") == 1 and "report" not in errors[1] and errors[1].strip() == ""
+    assert (tmp_path / "rank1.out").read_text() == ""
+    assert json.loads((tmp_path / "rank1.writes.json").read_text()) == []
+    assert not (dist_out / "errors.log").exists()
+
+    # Resume with one more target: only the new run trains, from rank 0's cached dense model.
+    more = _bench_suite(tmp_path, "0.75, 0.9")
+    assert main(["bench", "--suite", str(more), "--out", str(single), "--no-report"]) == 0
+    argv = ["bench", "--suite", str(more), "--out", str(dist_out), "--no-report"]
+    codes, errors, _ = launch(_cli_audited_worker, tmp_path, argv=argv, watch=str(dist_out))
+    _assert_ok(codes, errors)
+    assert "1 runs done" in errors[0] and "2 were already stored" in errors[0]
+    rows = _store_rows(dist_out)
+    assert len(rows) == 3 and all(count == 1 for _, count in rows)
+    _assert_same_results(dist_out, single)
+    assert json.loads((tmp_path / "rank1.writes.json").read_text()) == []
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_cli_bench_run_failing_on_one_rank_ends_every_rank(tmp_path, failing):
+    suite = _bench_suite(tmp_path, "0.75")
+    out = tmp_path / "dist"
+    argv = ["bench", "--suite", str(suite), "--out", str(out), "--no-report"]
+    codes, errors, seconds = launch(_cli_audited_worker, tmp_path, timeout=30, argv=argv, watch=str(out),
+                                    fail_rank=failing)
+    assert all(code != 0 for code in codes), (codes, errors)
+    assert f"RuntimeError: pruning broke on rank {failing}" in errors[failing]
+    other = errors[1 - failing]
+    assert f"rank {failing} failed: RuntimeError: pruning broke on rank {failing}" in other or "unreachable" in other, other
+    assert seconds < 25
+    # Nothing half-done in the store: the failed run is absent. Rank 0 logs the root cause in
+    # errors.log: always its own failure; rank 1's unless the watchdog ended rank 0 first.
+    assert _store_rows(out) == []
+    log = out / "errors.log"
+    assert log.exists() or failing == 1
+    if log.exists():
+        assert f"pruning broke on rank {failing}" in log.read_text()
+    if failing == 1:   # (a rank ended by the watchdog leaves no record)
+        assert json.loads((tmp_path / "rank1.writes.json").read_text()) == []
+
+
+ITERATE = ["iterate", "--schedule", "lt", "--model", "mlp", "--model-arg", "hidden=[32,16]", "--dataset", "digits",
+           "--limit", "403", "--rounds", "1", "--epochs", "3", "--batch-size", "50", "--lr", "0.1", "--rate", "0.5",
+           "--no-grid", "--quiet"]
+
+
+def test_cli_iterate_on_two_ranks_matches_single_process_and_only_rank0_writes(tmp_path):
+    from prunelab.checkpoints import load_checkpoint
+    from prunelab.cli import main
+
+    single, dist_out = tmp_path / "single", tmp_path / "dist"
+    assert main([*ITERATE, "--out", str(single)]) == 0
+    codes, errors, _ = launch(_cli_audited_worker, tmp_path, argv=[*ITERATE, "--out", str(dist_out)],
+                              watch=str(dist_out))
+    _assert_ok(codes, errors)
+    names = ["round_000.safetensors", "round_001.safetensors", "rounds.json"]
+    assert sorted(p.name for p in dist_out.iterdir()) == sorted(p.name for p in single.iterdir()) == names
+    assert json.loads((tmp_path / "rank1.writes.json").read_text()) == []
+    assert (tmp_path / "rank0.out").read_text().count("saved 2 checkpoints") == 1
+    assert (tmp_path / "rank1.out").read_text() == ""
+    for name in names[:2]:
+        a, b = load_checkpoint(dist_out / name), load_checkpoint(single / name)
+        assert a.masks.equal(b.masks), name
+        assert _max_diff(a.model.state_dict(), b.model.state_dict()) < TOLERANCE, name
+    da, db = (json.loads((d / "rounds.json").read_text()) for d in (dist_out, single))
+    pa, pb = da["info"].pop("pruned_scores"), db["info"].pop("pruned_scores")
+    assert da["info"] == db["info"] and len(da["rounds"]) == len(db["rounds"]) == 2
+    for split in ("val", "test"):
+        assert pa[split]["top1"] == pb[split]["top1"]
+        assert pa[split]["loss"] == pytest.approx(pb[split]["loss"], rel=1e-5)
+    for ra, rb in zip(da["rounds"], db["rounds"]):
+        for key, value in rb.items():
+            if key.startswith("seconds_"):
+                continue
+            if value is not None and (key.endswith("_loss") or "pqi" in key or key == "gini"):
+                assert ra[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+            else:
+                assert ra[key] == value, key
+
+
+def _ltp_checkpoint_worker(rank, out):
+    from prunelab.methods.ltp import learn_thresholds
+
+    folder = out / "ltp"
+    seen = _audit_writes(folder) if rank != 0 else []
+    model = make_model()
+    train(model, make_data(), DENSE, progress=False)
+    trail, _ = learn_thresholds(model, make_data(), _ltp_config(), penalty_weight=2.0, temperature=0.5,
+                                threshold_lr=0.5, keep_states=False, checkpoint_dir=folder, log=lambda m: None)
+    net = make_model()
+    masks = trail[-1].restore(net)   # rank 0 reads its file; the others kept the weights in memory
+    tensors = {f"param/{k}": v for k, v in net.state_dict().items()}
+    tensors.update({f"mask/{k}": v.to(torch.uint8) for k, v in masks.items()})
+    _save(out, rank, tensors, {"writes": seen, "paths": [e.path for e in trail]})
+
+
+def test_ltp_checkpoint_dir_written_by_rank0_only(tmp_path):
+    codes, errors, _ = launch(_ltp_checkpoint_worker, tmp_path)
+    _assert_ok(codes, errors)
+    (t0, i0), (t1, i1) = _load(tmp_path)
+    assert i1["writes"] == [] and i0["paths"] == i1["paths"]
+    assert sorted(p.name for p in (tmp_path / "ltp").iterdir()) == [Path(p).name for p in i0["paths"]]
+    assert all(torch.equal(t0[k], t1[k]) for k in t0)
+
+
+def test_cli_grda_train_and_export_written_by_rank0_only(tmp_path):
+    from prunelab.checkpoints import load_checkpoint
+
+    out = tmp_path / "files"
+    ckpt = out / "grda.safetensors"
+    argv = ["grda", "train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--c", "0.01", "--quiet",
+            "--out", str(ckpt)]
+    codes, errors, _ = launch(_cli_audited_worker, tmp_path, argv=argv, watch=str(out))
+    _assert_ok(codes, errors)
+    assert json.loads((tmp_path / "rank1.writes.json").read_text()) == []
+    assert (tmp_path / "rank0.out").read_text().count("saved ") == 1
+    assert load_checkpoint(ckpt).masks.sparsity() > 0
+    codes, errors, _ = launch(_cli_audited_worker, tmp_path, argv=["export", str(ckpt), "--format", "sparse"],
+                              watch=str(out))
+    _assert_ok(codes, errors)
+    assert json.loads((tmp_path / "rank1.writes.json").read_text()) == []
+    assert sorted(p.name for p in out.iterdir()) == ["grda.safetensors", "grda.sparse.safetensors"]
+
+
+def test_follower_store_writes_nothing_and_refuses_reads(tmp_path):
+    from prunelab.errors import ConfigError
+    from prunelab.store import FollowerStore, Store, open_store
+
+    with open_store(tmp_path / "main") as store:   # one process: the real store
+        assert isinstance(store, Store) and (tmp_path / "main" / "results.sqlite").is_file()
+    follower = FollowerStore(tmp_path / "f", rank=1)
+    assert follower.outdir == tmp_path / "f" and follower.put(object()) is False
+    follower.record_suite("s")
+    for read in (follower.hashes, lambda: follower.get("x"), lambda: len(follower)):
+        with pytest.raises(ConfigError, match="rank 1 holds no result store"):
+            read()
+    assert not (tmp_path / "f").exists()
+
+
 def test_single_process_helpers_are_identities():
     model = make_model()
     masks = Masks.ones(model)

@@ -2,6 +2,10 @@
 
 ``prunelab bench`` with no argument runs the ``quick`` suite on Fashion-MNIST when its files are
 found, otherwise on scikit-learn's ``digits`` (always available), and says which in one line.
+
+Under ``torchrun`` every rank runs the same runs in the same order, training data-parallel; rank 0
+decides which runs are still to do (its store) and broadcasts the list, and rank 0 alone prints,
+writes the store, the dense cache, ``errors.log`` and the report. A failing run ends every rank.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import distributed
 from .errors import ConfigError, DataError
 
 
@@ -43,6 +48,24 @@ def register(subparsers) -> None:
     p.add_argument("outdir")
     p.add_argument("--title", default=None)
     p.set_defaults(func=cmd_report)
+
+
+def _say(*args, **kwargs) -> None:
+    """print() on rank 0 only (every rank runs the command under torchrun)."""
+    if distributed.is_main():
+        print(*args, **kwargs)
+
+
+class _Silent:
+    """The progress display of ranks other than 0."""
+
+    def start(self, index, spec) -> None: ...
+
+    def end(self) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _fashion_mnist_problem(data_dir) -> str | None:
@@ -182,7 +205,7 @@ def cmd_bench(args) -> int:
     from . import suites
     from .experiment import sweep, validate_all
     from .report import text_table, write_report
-    from .store import Store
+    from .store import Store, open_store
 
     if args.list:
         for name in suites.list_suites():
@@ -195,6 +218,9 @@ def cmd_bench(args) -> int:
 
     torch.set_num_threads(args.threads)
     if args.suite == "pitas-studies":
+        if distributed.is_active():
+            raise ConfigError("the pitas-studies suite runs in one process only (its studies are not "
+                              "data-parallel); run it without torchrun")
         return _run_pitas_studies(args)
     dataset, note = _pick_dataset(args)
     suite = suites.resolve(args.suite, dataset)
@@ -202,9 +228,11 @@ def cmd_bench(args) -> int:
     if not specs:
         raise ConfigError(f"suite {suite.name!r} has no runs")
     if note:
-        print(note, file=sys.stderr)
+        _say(note, file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / (suite.name + (f"-{dataset}" if dataset and dataset != "fashion-mnist" else ""))
     if args.dry_run:
+        if not distributed.is_main():
+            return 0  # rank 0 lists them; a dry run trains nothing
         done = set()
         if (out / "results.sqlite").exists():
             with Store(out) as store:
@@ -215,15 +243,18 @@ def cmd_bench(args) -> int:
             print(f"{'done' if s.hash in done else 'todo'} {s.hash[:12]} {s.dataset} {s.model} {s.label} "
                   f"target={s.target:g} seed={s.seed}")
         return 0
-    with Store(out) as store:
-        done = store.hashes()
-        todo = [s for s in specs if s.hash not in done]
-        print(f"suite {suite.name}: {len(specs)} runs ({len(specs) - len(todo)} already in {out}), "
-              f"{len(suite.methods())} methods: {', '.join(suite.methods())}", file=sys.stderr)
+    main = distributed.is_main()
+    # Rank 0 opens the store; the others get a stand-in that writes nothing (sweep asks rank 0).
+    with open_store(out) as store:
+        done = distributed.broadcast_json(sorted(store.hashes()) if main else None)
+        todo = [s for s in specs if s.hash not in set(done)]
+        _say(f"suite {suite.name}: {len(specs)} runs ({len(specs) - len(todo)} already in {out}), "
+             f"{len(suite.methods())} methods: {', '.join(suite.methods())}"
+             + (f"; {distributed.world_size()} ranks" if distributed.is_active() else ""), file=sys.stderr)
         store.record_suite(suite.name, suite.description, suite.notes, len(specs))
         # Methods that run their own training loops must not draw bars over this one.
         os.environ["PRUNELAB_PROGRESS"] = "0"
-        progress = Progress(len(todo))
+        progress = Progress(len(todo)) if main else _Silent()
         t0 = time.perf_counter()
         try:
             outcome = sweep(specs, store, data_dir=args.data_dir, log=progress.log,
@@ -232,9 +263,12 @@ def cmd_bench(args) -> int:
         finally:
             progress.close()
         seconds = time.perf_counter() - t0
-        print(text_table(store))
-    print(f"{len(todo) - len(outcome.failures)} runs done in {seconds:.0f} s, {len(outcome.skipped)} were already stored; "
-          f"results in {out / 'results.sqlite'}", file=sys.stderr)
+        if main:
+            print(text_table(store))
+    _say(f"{len(todo) - len(outcome.failures)} runs done in {seconds:.0f} s, {len(outcome.skipped)} were already stored; "
+         f"results in {out / 'results.sqlite'}", file=sys.stderr)
+    if not main:
+        return 0  # failures end every rank before this point (sweep re-raises under torchrun)
     if not args.no_report:
         html_path, md_path = write_report(out)
         print(f"report: {html_path} and {md_path}", file=sys.stderr)
@@ -249,6 +283,8 @@ def cmd_report(args) -> int:
     """Write the report of an output directory."""
     from .report import write_report
 
+    if not distributed.is_main():
+        return 0  # rank 0 writes it
     html_path, md_path = write_report(args.outdir, args.title)
     print(f"wrote {html_path} and {md_path}")
     return 0

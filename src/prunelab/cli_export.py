@@ -8,6 +8,10 @@
   interleaved, medians, and prints which layers went sparse.
 
 Both accept a prunelab checkpoint or a sparse export as CHECKPOINT.
+
+Under ``torchrun`` every rank checks the input (so a bad one fails on every rank alike) and rank 0
+alone writes the export (or times the model and writes ``--json``): nothing here is data-parallel,
+and ranks timing side by side would compete for the same cores.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from . import distributed
 from .errors import CheckpointError, ConfigError
 
 SUFFIXES = {"sparse": ".sparse.safetensors", "onnx": ".onnx", "dense": ".dense.safetensors"}
@@ -87,6 +92,11 @@ def cmd_export(args) -> int:
         raise ConfigError(f"{out}: refusing to overwrite the input checkpoint; pass another -o")
     model = make_permanent(ckpt.model, ckpt.masks)
     meta = {"source": str(args.checkpoint), "metrics": ckpt.meta.get("metrics", {}), "extra": ckpt.meta.get("extra", {})}
+    cfg = getattr(model, "prunelab_config", None) or {}
+    if args.format == "onnx" and not cfg.get("in_shape"):
+        raise ConfigError("the checkpoint has no model config with an input shape; cannot build an ONNX input")
+    if not distributed.is_main():
+        return 0   # rank 0 writes the file
     if args.format == "sparse":
         save_sparse(out, model, ckpt.masks, meta=meta)
         state = {f"param/{n}": p.detach().contiguous() for n, p in model.named_parameters()}
@@ -99,9 +109,6 @@ def cmd_export(args) -> int:
         save_checkpoint(out, model, None, metrics=meta["metrics"], extra=meta["extra"])
         print(f"wrote {out}: plain dense checkpoint, pruned weights zero, no masks")
     else:
-        cfg = getattr(model, "prunelab_config", None) or {}
-        if not cfg.get("in_shape"):
-            raise ConfigError("the checkpoint has no model config with an input shape; cannot build an ONNX input")
         export_onnx(model, out, (1, *cfg["in_shape"]), opset=args.opset, sparse_initializers=args.sparse_initializers)
         kind = "sparse initializers" if args.sparse_initializers else "dense weights"
         print(f"wrote {out}: {out.stat().st_size:,} bytes (opset {args.opset}, dynamic batch, {kind})")
@@ -143,6 +150,8 @@ def cmd_latency(args) -> int:
     cfg = getattr(model, "prunelab_config", None) or {}
     if not cfg.get("in_shape"):
         raise ConfigError("the checkpoint has no model config with an input shape")
+    if not distributed.is_main():
+        return 0   # rank 0 times (ranks timing side by side would share the cores) and writes --json
     threads = args.threads or torch.get_num_threads()
     info = summary(model, ckpt.masks)
     result = {"checkpoint": str(args.checkpoint), "model": cfg.get("name"), "threads": threads,

@@ -7,6 +7,9 @@
 - ``grda search`` bisects c for a target sparsity at a fixed μ in short runs.
 - ``study valley A B`` evaluates loss and accuracy on the straight line between two checkpoints
   and writes a plot (and optionally JSON).
+
+Under ``torchrun`` every rank runs the command (gRDA training is data-parallel) and rank 0 alone
+writes the checkpoint, the plot and the JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+from . import distributed
 from .cli import add_data_args, load_data
 from .errors import ConfigError
 
@@ -82,8 +86,9 @@ def cmd_grda_train(args) -> int:
              "train": config.to_dict(),
              "grda": {"c": args.c, "mu": args.mu, "schedule": args.schedule, "threshold_all": args.threshold_all},
              "history": records}
-    out = save_checkpoint(args.out, model, masks, metrics={"test": test, "train_seconds": seconds}, extra=extra)
-    print(f"saved {out}")
+    if distributed.is_main():
+        out = save_checkpoint(args.out, model, masks, metrics={"test": test, "train_seconds": seconds}, extra=extra)
+        print(f"saved {out}")
     return 0
 
 
@@ -141,6 +146,8 @@ def cmd_valley(args) -> int:
         barriers = {n: barrier(results, f"{n}_loss") for n in names}
         print("loss barrier (max rise above the chord, α in [0, 1]): "
               + ", ".join(f"{n} {v:.4f}" for n, v in barriers.items()))
+    if not distributed.is_main():
+        return 0   # rank 0 writes the plot and the JSON
     out = plot_valley(results, args.plot, title=args.title or f"{args.a} → {args.b}",
                       labels=(args.label_a, args.label_b))
     print(f"saved {out}")

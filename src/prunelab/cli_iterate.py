@@ -1,4 +1,8 @@
-"""``prunelab pqi`` (PQ Index of a checkpoint) and ``prunelab iterate`` (OS / LT / SAP schedules)."""
+"""``prunelab pqi`` (PQ Index of a checkpoint) and ``prunelab iterate`` (OS / LT / SAP schedules).
+
+``prunelab iterate`` runs under ``torchrun``: every rank runs the rounds, training data-parallel, and
+rank 0 alone writes the round checkpoints and ``rounds.json``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+from . import distributed
 from .errors import ConfigError
 
 
@@ -198,7 +203,8 @@ def cmd_iterate(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():   # under torchrun, rank 0 alone writes (iterate() saves there too)
+        out.mkdir(parents=True, exist_ok=True)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     print(f"data: {ds.name} ({len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test); "
           f"model {args.model}; {args.schedule} for {args.rounds} rounds x {args.epochs} epochs", flush=True)
@@ -206,7 +212,8 @@ def cmd_iterate(args) -> int:
                      checkpoint_dir=out, log=log, **fields)
     summary = {"schedule": args.schedule, "model": args.model, "dataset": ds.name, "info": result.info,
                "phase_times": result.phase_times, "rounds": result.rounds}
-    _write_json(out / "rounds.json", summary)
+    if distributed.is_main():
+        _write_json(out / "rounds.json", summary)
     print(f"\n{'round':>5} {'density':>9} {'pruned acc':>11} {'retrained':>10} {'PQ Index':>9}")
     for r in result.rounds:
         pruned = "-" if r["pruned_test_top1"] is None else f"{r['pruned_test_top1']:.2%}"

@@ -15,6 +15,14 @@ validation split alone is used to choose anything (the epoch kept after training
 * one-shot methods: the harness prunes ``prune(dense copy, None, target, calib)``, evaluates,
   retrains with the mask fixed for ``retrain`` epochs and evaluates again;
 * iterative and training-time methods run their own loop through ``run(MethodContext)``.
+
+Under ``torchrun`` (``prunelab.distributed`` initialised with several ranks) every rank calls
+:func:`sweep` / :func:`run` with the same specs and trains data-parallel; rank 0 alone holds the
+result store (the others pass a :class:`prunelab.store.FollowerStore`) and takes every decision
+that depends on files (which runs are done, whether the dense cache is usable), broadcasting it;
+rank 0 alone writes the store, the dense cache and ``errors.log``. Masks computed by a one-shot
+method are rank 0's, broadcast; masks and weights are checked identical across ranks after every
+method. A failed run ends the sweep on every rank (a run cannot be skipped on one rank only).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from typing import Callable, Iterable
 import torch
 
 from . import data as data_mod
-from . import methods, models
+from . import distributed, methods, models
 from .checkpoints import load_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, PrunelabError
 from .methods.base import MethodContext
@@ -431,16 +439,27 @@ def get_dense(spec: RunSpec, dataset, outdir, log=None) -> tuple[torch.nn.Module
     path = dense_path(spec, outdir)
     key = dense_key(spec)
     factory = model_factory(spec, dataset)
-    if path.exists():
+    cached = None
+    # Under torchrun rank 0 alone reads the cache (other ranks may not see its files) and shares it.
+    if distributed.is_main() and path.exists():
         try:
             ckpt = load_checkpoint(path, factory())
             extra = ckpt.meta.get("extra", {})
             if extra.get("dense_key") == key:
-                return ckpt.model, {"seconds": extra["seconds"], "cached": True, "path": str(path),
-                                    "scores": extra["scores"], "history": extra.get("history", [])}
-            log(f"dense cache {path.name} does not match this spec; retraining it")
+                cached = ckpt.model, {"seconds": extra["seconds"], "cached": True, "path": str(path),
+                                      "scores": extra["scores"], "history": extra.get("history", [])}
+            else:
+                log(f"dense cache {path.name} does not match this spec; retraining it")
         except CheckpointError as exc:
             log(f"dense cache unreadable ({exc}); retraining it")
+    if distributed.is_active():
+        info = distributed.broadcast_json(cached[1] if cached is not None else None)
+        if info is not None:
+            model = cached[0] if cached is not None else factory()
+            distributed.broadcast_module(model)
+            return model, info
+    elif cached is not None:
+        return cached
     model = factory()
     config = spec.dense_config()
     log(f"training dense {spec.model} on {spec.dataset}, seed {spec.seed}, {config.epochs} epochs")
@@ -452,8 +471,9 @@ def get_dense(spec: RunSpec, dataset, outdir, log=None) -> tuple[torch.nn.Module
     scores = _scores(model, dataset, config.eval_batch_size)
     extra = {"dense_key": key, "seconds": seconds, "scores": scores, "history": state.history}
     # save_checkpoint writes a temp file then os.replace()s it: a kill leaves no half file.
-    save_checkpoint(path, model, metrics={"val_top1": scores["val"]["top1"], "test_top1": scores["test"]["top1"]},
-                    extra=extra)
+    if distributed.is_main():
+        save_checkpoint(path, model, metrics={"val_top1": scores["val"]["top1"], "test_top1": scores["test"]["top1"]},
+                        extra=extra)
     return model, {"seconds": seconds, "cached": False, "path": str(path), "scores": scores,
                    "history": state.history}
 
@@ -522,10 +542,18 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
 
     Raises:
         ConfigError: the spec is invalid (checked before anything trains).
+
+    Under ``torchrun`` call it on every rank with the same spec; ``store`` is the real store on
+    rank 0 and may be a :class:`prunelab.store.FollowerStore` elsewhere. Rank 0 decides whether the
+    run is stored already and writes the result; every rank returns rank 0's result.
     """
     spec.validate()
-    done = store.get(spec.hash)
-    if done is not None:
+    done = store.get(spec.hash) if distributed.is_main() else None
+    if distributed.is_active():
+        shared = distributed.broadcast_json(done.to_dict(with_traces=True) if done is not None else None)
+        if shared is not None:
+            return done if done is not None else RunResult.from_dict(shared)
+    elif done is not None:
         return done
     log = log or (lambda msg: None)
     dataset = dataset if dataset is not None else load_data(spec, data_dir)
@@ -542,6 +570,11 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
         calib = calibration_split(dataset, spec.calib_size, spec.seed)
         t0 = time.perf_counter()
         masks = method.prune(model, None, float(spec.target), calib)
+        if distributed.is_active():
+            # Every rank pruned; rank 0's masks and weights (some methods rewrite them) are kept,
+            # so a method that is not bit-reproducible across processes cannot split the ranks.
+            masks = distributed.broadcast_masks(masks)
+            distributed.broadcast_module(model)
         masks.apply(model)
         phase_times["prune"] = time.perf_counter() - t0
         scores["pruned"] = _scores(model, dataset, retrain_config.eval_batch_size)
@@ -577,6 +610,9 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
             phase_times["other"] = other
         if isinstance(info.get("pruned_scores"), dict):
             scores["pruned"] = info.pop("pruned_scores")
+        if distributed.is_active() and distributed.checks_enabled():
+            distributed.assert_masks_equal_across_ranks(masks)
+            distributed.assert_params_equal_across_ranks(model)
     scores["final"] = _scores(model, dataset, retrain_config.eval_batch_size)
     s = metrics_summary(model, masks, tuple(dataset.in_shape))
     metrics = {k: s.get(k) for k in SUMMARY_KEYS}
@@ -594,7 +630,14 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
                 **_provenance())
     result = RunResult(spec=spec, hash=spec.hash, family=family, metrics=metrics, phase_times=phase_times,
                        dense_cached=dense_info["cached"], traces=traces, layers=s.get("layers", []), info=info)
-    store.put(result)
+    if distributed.is_main():
+        store.put(result)
+    if distributed.is_active():
+        # Timings (and, across machines, possibly the last bits of a score) differ between ranks:
+        # every rank returns what rank 0 stored.
+        shared = distributed.broadcast_json(result.to_dict(with_traces=True) if distributed.is_main() else None)
+        if not distributed.is_main():
+            result = RunResult.from_dict(shared)
     return result
 
 
@@ -644,10 +687,22 @@ def sweep(specs: Iterable[RunSpec], store, *, data_dir=None, log=None, on_start=
 
     Returns:
         A :class:`SweepReport`.
+
+    Under ``torchrun`` call it on every rank with the same specs (``store``: the real store on
+    rank 0, a :class:`prunelab.store.FollowerStore` elsewhere, see ``prunelab.store.open_store``).
+    Rank 0 decides which runs are still to do and broadcasts the list, so the ranks run the same
+    runs in the same order; rank 0 alone writes. ``keep_going`` does not apply there: a run that
+    fails on any rank ends the sweep on every rank (its error is raised; the runs completed so far
+    are stored, so a rerun resumes). ``results`` is complete on rank 0; on the other ranks it holds
+    the runs done by this call.
     """
     log = log or (lambda msg: None)
     specs = validate_all(specs)
-    stored = store.hashes()
+    if distributed.is_active():
+        stored = set(distributed.broadcast_json(sorted(store.hashes()) if distributed.is_main() else None))
+        keep_going = False
+    else:
+        stored = store.hashes()
     todo = [s for s in specs if s.hash not in stored]
     skipped = [s.hash for s in specs if s.hash in stored]
     # Group by data set so each is loaded once; keep the given order within a group.
@@ -656,6 +711,7 @@ def sweep(specs: Iterable[RunSpec], store, *, data_dir=None, log=None, on_start=
         order.setdefault((s.dataset, json.dumps(s.data_kwargs, sort_keys=True)), []).append(s)
     todo = [s for group in order.values() for s in group]
     failures = []
+    ran = []
     for i, spec in enumerate(todo):
         if on_start:
             on_start(i, len(todo), spec)
@@ -663,14 +719,19 @@ def sweep(specs: Iterable[RunSpec], store, *, data_dir=None, log=None, on_start=
         try:
             dataset = load_data(spec, data_dir)
             result = run(spec, store, dataset=dataset, log=log)
+            ran.append(result)
         except PrunelabError as exc:
             if not keep_going:
+                if distributed.is_active() and distributed.is_main():
+                    _log_failure(store.outdir, spec, exc, cause=distributed.failure_message())
                 raise
             failures.append((spec, str(exc)))
             _log_failure(store.outdir, spec, exc)
             log(f"run failed: {spec.label} at target {spec.target}, seed {spec.seed}: {exc}")
         except Exception as exc:  # a bug in one method must not cost the rest of a long sweep
             if not keep_going:
+                if distributed.is_active() and distributed.is_main():
+                    _log_failure(store.outdir, spec, exc, cause=distributed.failure_message())
                 raise
             failures.append((spec, f"{type(exc).__name__}: {exc}"))
             _log_failure(store.outdir, spec, exc)
@@ -678,14 +739,22 @@ def sweep(specs: Iterable[RunSpec], store, *, data_dir=None, log=None, on_start=
                 f"{type(exc).__name__}: {exc} (traceback in errors.log)")
         if on_end:
             on_end(i, len(todo), spec, result)
-    results = [r for r in (store.get(s.hash) for s in specs) if r is not None]
+    if distributed.is_main():
+        results = [r for r in (store.get(s.hash) for s in specs) if r is not None]
+    else:
+        results = ran
     return SweepReport(results=results, skipped=skipped, failures=failures)
 
 
-def _log_failure(outdir, spec: RunSpec, exc: BaseException) -> None:
+def _log_failure(outdir, spec: RunSpec, exc: BaseException, cause: str | None = None) -> None:
+    """Append the failure of ``spec`` to ``OUTDIR/errors.log``; ``cause``: another rank's failure
+    that ``exc`` (e.g. a broken connection) is a consequence of, recorded instead of the traceback."""
     path = Path(outdir) / "errors.log"
     with open(path, "a", encoding="utf-8") as f:
         f.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.hash} {json.dumps(spec.to_dict())}\n")
-        f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        if cause is not None:
+            f.write(f"{cause}\n(here, on rank {distributed.rank()}: {type(exc).__name__}: {exc})\n")
+        else:
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         f.flush()
         os.fsync(f.fileno())

@@ -13,6 +13,9 @@ nothing), so a process killed at any instant (SIGKILL included) leaves only whol
 ``n_trace_rows`` column lets anyone check that. SQLite's write-ahead log makes the commit atomic
 and durable, and readers (a report written while a sweep runs) never block the writer.
 
+Under ``torchrun`` only rank 0 opens the store (:func:`open_store`); the other ranks hold a
+:class:`FollowerStore`, which writes nothing and refuses to be read, and follow rank 0's decisions.
+
 Example:
     >>> with Store("runs/quick") as store:
     ...     for result in store.results():
@@ -215,6 +218,63 @@ class Store:
             conn.execute("ROLLBACK")
             raise
         return written
+
+
+class FollowerStore:
+    """The stand-in for the result store on a rank other than 0 of a ``torchrun`` launch.
+
+    Only rank 0 opens, reads and writes ``results.sqlite``; every decision that needs the store
+    (which runs are done, whether the dense cache can be used) is taken on rank 0 and broadcast
+    (see :func:`prunelab.experiment.sweep`). A follower knows its output directory (for paths that
+    must be the same on every rank) and nothing else: it creates no directory or file, :meth:`put`
+    and :meth:`record_suite` do nothing, and reading raises :class:`ConfigError`, so code that would
+    let a rank decide on its own (and disagree with rank 0) fails loudly instead.
+
+    Args:
+        outdir: the output directory (not created).
+        rank: this process's rank, for error messages.
+    """
+
+    def __init__(self, outdir, rank: int = 1):
+        self.outdir = Path(outdir)
+        self.path = self.outdir / FILENAME
+        self.rank = rank
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> "FollowerStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _refuse(self, *args, **kwargs):
+        raise ConfigError(f"rank {self.rank} holds no result store: only rank 0 reads {self.path}; "
+                          "take the decision on rank 0 and share it (prunelab.distributed.broadcast_json)")
+
+    hashes = has = get = results = traces = check = suites = __len__ = _refuse
+
+    def record_suite(self, *args, **kwargs) -> None:
+        """Rank 0 records the suite."""
+
+    def put(self, result) -> bool:
+        """Rank 0 writes results; returns False (nothing written here)."""
+        return False
+
+
+def open_store(outdir):
+    """The result store of ``outdir`` for this process: a :class:`Store` in a single process and on
+    rank 0 of a ``torchrun`` launch, a :class:`FollowerStore` (which writes nothing) on the others.
+
+    Args:
+        outdir: the output directory.
+    """
+    from . import distributed
+
+    if distributed.is_main():
+        return Store(outdir)
+    return FollowerStore(outdir, distributed.rank())
 
 
 def _finite(x):

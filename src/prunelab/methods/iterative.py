@@ -59,6 +59,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import distributed as _dist
 from ..errors import ConfigError, MethodError
 from ..masks import Masks
 from ..pqi import (
@@ -499,7 +500,8 @@ def iterate(
         callbacks: training-loop callbacks, passed to every round's training.
         on_round: called after each round with ``(record, model, masks)``.
         checkpoint_dir: save every round as ``round_XXX.safetensors`` here (prunelab checkpoint:
-            weights, masks, the round's record as metrics).
+            weights, masks, the round's record as metrics). Under ``torchrun``, rank 0 alone
+            creates the directory and writes.
         log: receives one progress line per round.
         **hparam_fields: any other hyperparameter of the schedule (``rate``, ``p``, ``scope`` …).
 
@@ -558,7 +560,9 @@ def iterate(
     rewind_state = init_state
     total = masks.total()
     target_kept = math.floor((1.0 - float(target)) * total + 0.5) if (target > 0 and hp.stop_at_target) else None
-    if checkpoint_dir is not None:
+    # Under torchrun every rank runs the rounds (training is data-parallel); rank 0 alone writes.
+    writer = checkpoint_dir is not None and _dist.is_main()
+    if writer:
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
@@ -653,7 +657,7 @@ def iterate(
         log(f"{schedule} round {t}/{hp.rounds}: density {rec['density']:.4f} ({rec['kept']}/{total}), "
             f"val top-1 {_pct(rec['val_top1'])}, test top-1 {_pct(rec['test_top1'])}, "
             f"PQ Index {rec['pqi']:.4f}, {seconds_train:.1f}s")
-        if checkpoint_dir is not None:
+        if writer:
             from ..checkpoints import save_checkpoint
 
             save_checkpoint(checkpoint_dir / f"round_{t:03d}.safetensors", model, masks, metrics=rec,

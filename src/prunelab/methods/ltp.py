@@ -587,10 +587,14 @@ class LTPCallback(Callback):
             masks=masks,
         )
         if self.checkpoint_dir is not None:
+            from .. import distributed
             from ..checkpoints import save_checkpoint
 
-            path = save_checkpoint(self.checkpoint_dir / f"ltp_epoch{epoch:03d}.safetensors", model, masks,
-                                   metrics=entry.record())
+            path = self.checkpoint_dir / f"ltp_epoch{epoch:03d}.safetensors"
+            if distributed.is_main():   # under torchrun rank 0 alone writes
+                path = save_checkpoint(path, model, masks, metrics=entry.record())
+            elif entry.state is None:   # the file may not be visible here: keep the weights instead
+                entry.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             entry.path = str(path)
         self.trail.append(entry)
         self.log(f"ltp epoch {epoch}: compression {entry.compression:.2f}x, val top-1 {entry.val_top1:.4f}, "
