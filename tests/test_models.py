@@ -187,6 +187,25 @@ def test_cnn_layout_matches_the_pq_index_code():
     assert model.fc.in_features == 512
 
 
+def test_cnn_batch_norm_switch_drops_only_the_bn_layers():
+    torch.manual_seed(0)
+    bn = models.create("cnn", (1, 28, 28), 10, widths=[4, 8, 8, 16])
+    torch.manual_seed(0)
+    plain = models.create("cnn", (1, 28, 28), 10, widths=[4, 8, 8, 16], batch_norm=False)
+    assert bn.prunelab_config["kwargs"]["batch_norm"] is True
+    assert plain.prunelab_config["kwargs"]["batch_norm"] is False
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 4
+    weights = {n: p for n, p in bn.named_parameters() if not n.startswith("bn")}
+    assert list(weights) == [n for n, _ in plain.named_parameters()]
+    for name, p in plain.named_parameters():  # same convs, same initialisation
+        assert torch.equal(p, weights[name])
+    assert plain(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert models.from_config(plain.prunelab_config).prunelab_config == plain.prunelab_config
+    with pytest.raises(ModelError):
+        models.create("cnn", (1, 28, 28), 10, batch_norm=1)
+
+
 def test_vgg16_batch_norm_switch_and_classifier():
     plain = models.create("vgg16", (3, 32, 32), 10, width=0.125)
     bn = models.create("vgg16", (3, 32, 32), 10, width=0.125, batch_norm=True)

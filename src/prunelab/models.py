@@ -526,19 +526,22 @@ def _lenet5(in_shape, num_classes, *, padding=None):
 
 
 @register("cnn")
-def _cnn(in_shape, num_classes, *, widths=(64, 128, 256, 512)):
+def _cnn(in_shape, num_classes, *, widths=(64, 128, 256, 512), batch_norm=True):
     """The PQ Index paper's CNN (papers.md §2.5; code ``src/models/cnn.py``), SAP init.
 
     Per width w: Conv3x3(w, padding 1, with bias as in the code) → BN → ReLU → MaxPool2, the last
     block without pool; then AdaptiveAvgPool(1) → Linear(widths[-1], C). Narrow ``widths`` give
-    small versions (e.g. the LTP batch-norm study on CPU).
+    small versions (e.g. the LTP batch-norm study on CPU). ``batch_norm=False`` drops the BN
+    layers and nothing else (the LTP study's control: same convs, names and initialisation).
     """
     channels, _, _ = _chw(in_shape)
     widths = _positive_ints("widths", widths)
+    batch_norm = _flag("batch_norm", batch_norm)
     layers: OrderedDict = OrderedDict()
     for i, w in enumerate(widths, start=1):
         layers[f"conv{i}"] = nn.Conv2d(channels, w, 3, padding=1)
-        layers[f"bn{i}"] = nn.BatchNorm2d(w)
+        if batch_norm:
+            layers[f"bn{i}"] = nn.BatchNorm2d(w)
         layers[f"relu{i}"] = nn.ReLU()
         if i < len(widths):
             layers[f"pool{i}"] = nn.MaxPool2d(2)

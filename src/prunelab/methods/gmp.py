@@ -118,6 +118,11 @@ class GradualMagnitudePruning(Callback):
         if self.is_event(state.step):
             self._prune(state, state.step)
 
+    def on_epoch_end(self, state) -> None:
+        # The epoch's record gets the sparsity it ended at (the trail of accuracy vs compression).
+        if state.history and state.masks is not None:
+            state.history[-1]["sparsity"] = state.masks.sparsity()
+
     def on_train_end(self, state) -> None:
         if state.masks.sparsity() < self.final - 0.5 / max(1, state.masks.total()):
             self.log(f"warning: training ended at step {state.step}, before the schedule's end step "
