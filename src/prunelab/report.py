@@ -491,6 +491,7 @@ def write_report(outdir, title: str | None = None) -> tuple[Path, Path]:
         if len(store) == 0:
             raise ConfigError(f"{outdir / FILENAME} holds no completed run yet; nothing to report")
         report = build(store)
+        suite_names = list(store.suites())
     title = title or f"prunelab report: {outdir.resolve().name}"
     fig_dir = outdir / "figures"
     fig_dir.mkdir(exist_ok=True)
@@ -503,7 +504,29 @@ def write_report(outdir, title: str | None = None) -> tuple[Path, Path]:
     html_path, md_path = outdir / "report.html", outdir / "report.md"
     _atomic_write(html_path, render_html(report, title).encode("utf-8"))
     _atomic_write(md_path, render_markdown(report, paths, title).encode("utf-8"))
+    write_suite_reports(outdir, suite_names)
     return html_path, md_path
+
+
+def write_suite_reports(outdir, names) -> list[dict]:
+    """Call the own report writer (``Suite.report``) of every registered suite among ``names``.
+
+    ``write_report`` calls it with the suites recorded in the store, so ``prunelab bench`` and
+    ``prunelab report`` both write, e.g., the ``pitas`` suite's report beside the generic one.
+
+    Returns:
+        What each writer returned (the paths it wrote), in order.
+    """
+    from . import suites
+
+    known = set(suites.list_suites())
+    written = []
+    for name in names:
+        if name in known:
+            suite = suites.get_suite(name)
+            if suite.report is not None:
+                written.append(suite.report(Path(outdir)))
+    return written
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -113,12 +113,15 @@ class Suite:
         specs: the runs, in order.
         description: one line: what the suite compares and with which budgets.
         notes: anything a report should say (e.g. budgets scaled down from the paper).
+        report: an optional writer of the suite's own report, ``report(outdir) -> dict`` of the
+            paths written; ``prunelab bench`` and ``prunelab report`` call it after the generic report.
     """
 
     name: str
     specs: tuple = ()
     description: str = ""
     notes: str = ""
+    report: Callable | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.specs)
