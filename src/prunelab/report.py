@@ -434,10 +434,7 @@ def render_html(report: dict, title: str) -> str:
             parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
         parts.append("</tbody></table>")
         parts.append(f"<p class=\"small\">Counted: {e(sec['counted'])}. Data: {e(sec['source'])}.</p>")
-        for name, png, caption in sec["figures"]:
-            data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure><img alt="{e(name)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
+        parts += [figure_html(name, png, caption) for name, png, caption in sec["figures"]]
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -527,6 +524,48 @@ def write_suite_reports(outdir, names) -> list[dict]:
             if suite.report is not None:
                 written.append(suite.report(Path(outdir)))
     return written
+
+
+def figure_html(name: str, png: bytes, caption: str) -> str:
+    """An HTML ``<figure>`` with the PNG embedded (data URI), so the page needs no other file."""
+    e = html.escape
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{e(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{e(caption)}</figcaption></figure>")
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8, newline-terminated) to ``path`` through a temporary file and a rename."""
+    _atomic_write(Path(path), (text if text.endswith("\n") else text + "\n").encode("utf-8"))
+
+
+def results_main(argv, suite: str, write, done: str, options: dict | None = None) -> int:
+    """The ``python -m prunelab.suite_NAME OUTDIR [--dest DIR]`` entry point of a suite's own writer.
+
+    Args:
+        argv: the arguments.
+        suite: the suite's name (for the help text).
+        write: ``write(outdir, dest) -> dict`` of the paths written; raises ``ConfigError``.
+        done: format string of the final line, filled from ``write``'s dict (``figures``: a count).
+        options: extra ``--name`` options, ``{"--name": help}``, passed to ``write`` as keywords.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m prunelab.suite_{suite}",
+                                     description=f"Report, figures and JSON of a `prunelab bench --suite {suite}` run.")
+    parser.add_argument("outdir", help="the bench output directory (holding results.sqlite)")
+    parser.add_argument("--dest", default=None, help="where to write (default: the suite writer's own)")
+    for flag, text in (options or {}).items():
+        parser.add_argument(flag, default=None, help=text)
+    args = parser.parse_args(argv)
+    extra = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_")) for flag in options or {}}
+    try:
+        paths = write(args.outdir, args.dest, **extra)
+    except ConfigError as exc:
+        print(f"prunelab: {exc}")
+        return 2
+    print(done.format(**{**paths, "figures": len(paths.get("figures", []))}))
+    return 0
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -592,6 +592,7 @@ def write_ltp_results(outdir, dest=None) -> dict:
     Raises:
         ConfigError: no result store in ``outdir``, or no LTP/GMP/magnitude run in it.
     """
+    from .report import atomic_write_text
     from .store import FILENAME, Store
 
     outdir = Path(outdir)
@@ -612,28 +613,16 @@ def write_ltp_results(outdir, dest=None) -> dict:
     payload = {"suite": "ltp", "provenance": {k: info.get(k) for k in ("git_sha", "torch", "threads", "data_source")},
                "models": collected["models"], "bn_study": collected["bn_study"], "checks": checks}
     json_path, md_path = dest / "ltp_results.json", dest / "report.md"
-    for path, text in ((json_path, json.dumps(payload, indent=1, allow_nan=False)),
-                       (md_path, report_markdown(collected, checks, figures, notes))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(path)
+    atomic_write_text(json_path, json.dumps(payload, indent=1, allow_nan=False))
+    atomic_write_text(md_path, report_markdown(collected, checks, figures, notes))
     return {"json": json_path, "report": md_path, "figures": figures}
 
 
 def main(argv=None) -> int:
     """``python -m prunelab.suite_ltp OUTDIR [--dest DIR]``: write the suite's report, figures and JSON."""
-    parser = argparse.ArgumentParser(prog="python -m prunelab.suite_ltp",
-                                     description="Report, figures and JSON of a `prunelab bench --suite ltp` run.")
-    parser.add_argument("outdir", help="the bench output directory (holding results.sqlite)")
-    parser.add_argument("--dest", default=None, help="where to write (default: OUTDIR)")
-    args = parser.parse_args(argv)
-    try:
-        paths = write_ltp_results(args.outdir, args.dest)
-    except ConfigError as exc:
-        print(f"prunelab: {exc}")
-        return 2
-    print(f"wrote {paths['report']}, {paths['json']} and {len(paths['figures'])} figures")
-    return 0
+    from .report import results_main
+
+    return results_main(argv, "ltp", write_ltp_results, "wrote {report}, {json} and {figures} figures")
 
 
 if __name__ == "__main__":  # pragma: no cover - thin entry point

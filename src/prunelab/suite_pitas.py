@@ -38,7 +38,6 @@ Adding a method to all three experiments is one line in :data:`METHODS`.
 from __future__ import annotations
 
 import argparse
-import base64
 import html
 import io
 import json
@@ -713,6 +712,8 @@ _CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;
 
 
 def _html(title: str, intro: list[str], sections: list[dict]) -> str:
+    from .report import figure_html
+
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
@@ -725,18 +726,15 @@ def _html(title: str, intro: list[str], sections: list[dict]) -> str:
                          + "</tr></thead><tbody>")
             parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
             parts.append("</tbody></table>")
-        for name, png, caption in sec["figures"]:
-            data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure><img alt="{e(name)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
+        parts += [figure_html(name, png, caption) for name, png, caption in sec["figures"]]
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+def _write_bytes(path: Path, data: bytes) -> None:
+    from .report import _atomic_write
+
+    _atomic_write(path, data)
 
 
 def write_pitas_report(outdir, dest=None, bench_json=None, results=None) -> dict:
@@ -788,35 +786,26 @@ def write_pitas_report(outdir, dest=None, bench_json=None, results=None) -> dict
     for si, sec in enumerate(sections):
         for fi, (name, png, _) in enumerate(sec["figures"]):
             path = fig_dir / f"pitas-{name}.png"
-            _atomic_write(path, png)
+            _write_bytes(path, png)
             figure_paths[(si, fi)] = f"figures/{path.name}"
             written.append(path)
     title = "Pitas et al. (2019) reproduction: hard thresholding vs FeTa, Net-Trim and L-OBS"
     md_path, html_path, json_path = dest / "report.md", dest / "report.html", dest / "pitas_results.json"
-    _atomic_write(md_path, _markdown(title, intro, sections, figure_paths).encode("utf-8"))
-    _atomic_write(html_path, _html(title, intro, sections).encode("utf-8"))
+    _write_bytes(md_path, _markdown(title, intro, sections, figure_paths).encode("utf-8"))
+    _write_bytes(html_path, _html(title, intro, sections).encode("utf-8"))
     payload = {"suite": "pitas", "gaps_points": list(GAPS), "retrain_target": RETRAIN_TARGET,
                "provenance": {"git": provenance}, "bench_json": str(bench_path) if bench_path else None,
                "models": collected, "claims": claims}
-    _atomic_write(json_path, (json.dumps(payload, indent=1, allow_nan=False) + "\n").encode("utf-8"))
+    _write_bytes(json_path, (json.dumps(payload, indent=1, allow_nan=False) + "\n").encode("utf-8"))
     return {"markdown": md_path, "html": html_path, "json": json_path, "figures": written}
 
 
 def main(argv=None) -> int:
-    """``python -m prunelab.suite_pitas OUTDIR [--dest DIR] [--bench-json FILE]``."""
-    parser = argparse.ArgumentParser(prog="python -m prunelab.suite_pitas",
-                                     description="The report of a `prunelab bench --suite pitas` run.")
-    parser.add_argument("outdir", help="the bench output directory (holding results.sqlite)")
-    parser.add_argument("--dest", default=None, help="where to write (default: OUTDIR/pitas)")
-    parser.add_argument("--bench-json", default=None, help="bench_layerwise.py output (default: see find_bench_json)")
-    args = parser.parse_args(argv)
-    try:
-        paths = write_pitas_report(args.outdir, args.dest, args.bench_json)
-    except ConfigError as exc:
-        print(f"prunelab: {exc}")
-        return 2
-    print(f"wrote {paths['markdown']}, {paths['html']}, {paths['json']} and {len(paths['figures'])} figures")
-    return 0
+    """``python -m prunelab.suite_pitas OUTDIR [--dest DIR]`` (default DIR: OUTDIR/pitas)."""
+    from .report import results_main
+
+    return results_main(argv, "pitas", write_pitas_report, "wrote {markdown}, {html}, {json} and {figures} figures",
+                        {"--bench-json": "bench_layerwise.py output (default: see find_bench_json)"})
 
 
 if __name__ == "__main__":  # pragma: no cover - thin entry point

@@ -563,6 +563,7 @@ def write_pqi_results(outdir, dest=None) -> dict:
     Raises:
         ConfigError: no result store in ``outdir``, or no OS/LT/SAP run in it.
     """
+    from .report import atomic_write_text
     from .store import FILENAME, Store
 
     outdir = Path(outdir)
@@ -582,28 +583,16 @@ def write_pqi_results(outdir, dest=None) -> dict:
                "pq_pairs": {k: list(v) for k, v in PQ_PAIRS.items()}, "swing_tolerance": SWING_TOLERANCE,
                "models": collected, "checks": checks}
     json_path, md_path = dest / "pqi_results.json", dest / "pqi_summary.md"
-    for path, text in ((json_path, json.dumps(payload, indent=1, sort_keys=False, allow_nan=False)),
-                       (md_path, summary_markdown(collected, checks))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(path)
+    atomic_write_text(json_path, json.dumps(payload, indent=1, sort_keys=False, allow_nan=False))
+    atomic_write_text(md_path, summary_markdown(collected, checks))
     return {"json": json_path, "summary": md_path, "figures": figures}
 
 
 def main(argv=None) -> int:
     """``python -m prunelab.suite_pqi OUTDIR [--dest DIR]``: write the suite's figures and checks."""
-    parser = argparse.ArgumentParser(prog="python -m prunelab.suite_pqi",
-                                     description="Figures, claim checks and JSON of a `prunelab bench --suite pqi` run.")
-    parser.add_argument("outdir", help="the bench output directory (holding results.sqlite)")
-    parser.add_argument("--dest", default=None, help="where to write (default: OUTDIR)")
-    args = parser.parse_args(argv)
-    try:
-        paths = write_pqi_results(args.outdir, args.dest)
-    except ConfigError as exc:
-        print(f"prunelab: {exc}")
-        return 2
-    print(f"wrote {paths['json']}, {paths['summary']} and {len(paths['figures'])} figures")
-    return 0
+    from .report import results_main
+
+    return results_main(argv, "pqi", write_pqi_results, "wrote {json}, {summary} and {figures} figures")
 
 
 if __name__ == "__main__":  # pragma: no cover - thin entry point
