@@ -417,6 +417,26 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x: torch.Tensor
     return new_masks, infos
 
 
+@dataclass(frozen=True)
+class LayerwiseHparams:
+    """The hyperparameters every layer-wise method shares (FeTa, Net-Trim, L-OBS).
+
+    Attributes:
+        layers: names of the weights to prune (default: every prunable layer but the last).
+        include_last: also prune the last prunable layer (the classifier).
+        mode: ``"parallel"`` (every layer sees the unpruned network's inputs, as in the papers)
+            or ``"sequential"`` (layer l sees the already-pruned layers' outputs).
+        max_samples: at most this many calibration rows per layer (subsampled, seeded).
+        seed: seeds the subsampling and the method's own randomness.
+    """
+
+    layers: tuple[str, ...] | None = None
+    include_last: bool = False
+    mode: str = "parallel"
+    max_samples: int | None = None
+    seed: int = 0
+
+
 def check_common_hparams(hparams, label: str) -> None:
     """Normalise ``layers`` and check ``mode`` of a layer-wise method's frozen hparams in place."""
     object.__setattr__(hparams, "layers", as_layer_names(hparams.layers))

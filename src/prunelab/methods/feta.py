@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..layerwise import LayerProblem, check_common_hparams, prune_with_solver, top_k_mask
+from ..layerwise import LayerProblem, LayerwiseHparams, check_common_hparams, prune_with_solver, top_k_mask
 from ..masks import Masks
 from . import register
 from .base import OneShotMethod, check_sparsity
@@ -298,7 +298,7 @@ def _better(nonzeros: int, best: int, n_keep: int) -> bool:
 
 
 @dataclass(frozen=True)
-class FetaHparams:
+class FetaHparams(LayerwiseHparams):
     """Hyperparameters of FeTa (solver defaults: papers.md §1.3, the official code).
 
     Attributes:
@@ -338,11 +338,6 @@ class FetaHparams:
     search_tolerance: float = 0.25
     polish_epochs: int = 3
     shrink_bias: bool = False
-    layers: tuple[str, ...] | None = None
-    include_last: bool = False
-    mode: str = "parallel"
-    max_samples: int | None = None
-    seed: int = 0
 
     def __post_init__(self):
         check_common_hparams(self, "FeTa")

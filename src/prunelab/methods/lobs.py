@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, MethodError
-from ..layerwise import LayerProblem, check_common_hparams, prune_with_solver
+from ..layerwise import LayerProblem, LayerwiseHparams, check_common_hparams, prune_with_solver
 from ..masks import Masks
 from . import register
 from .base import OneShotMethod, check_sparsity
@@ -223,7 +223,7 @@ def lobs_prune_layer(X: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 @dataclass(frozen=True)
-class LobsHparams:
+class LobsHparams(LayerwiseHparams):
     """Hyperparameters of L-OBS.
 
     Attributes:
@@ -240,11 +240,6 @@ class LobsHparams:
     damping: float = 1e-4
     update: str = "sequential"
     max_hessian_bytes: int = 1 << 28
-    layers: tuple[str, ...] | None = None
-    include_last: bool = False
-    mode: str = "parallel"
-    max_samples: int | None = None
-    seed: int = 0
 
     def __post_init__(self):
         check_common_hparams(self, "L-OBS")

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..layerwise import LayerProblem, check_common_hparams, prune_with_solver, top_k_mask
+from ..layerwise import LayerProblem, LayerwiseHparams, check_common_hparams, prune_with_solver, top_k_mask
 from ..masks import Masks
 from . import register
 from .base import OneShotMethod, check_sparsity
@@ -350,7 +350,7 @@ def _solve_layer(hp, problem: LayerProblem):
 
 
 @dataclass(frozen=True)
-class NetTrimHparams:
+class NetTrimHparams(LayerwiseHparams):
     """Hyperparameters of Net-Trim.
 
     Attributes:
@@ -379,11 +379,6 @@ class NetTrimHparams:
     tol: float = 1e-3
     rho: float | None = None
     refit: bool = False
-    layers: tuple[str, ...] | None = None
-    include_last: bool = False
-    mode: str = "parallel"
-    max_samples: int | None = None
-    seed: int = 0
 
     def __post_init__(self):
         check_common_hparams(self, "Net-Trim")
