@@ -122,3 +122,15 @@ def test_bench_end_to_end(tmp_path, capsys):
     # a rerun skips everything
     assert main(["bench", "--suite", str(path), "--out", str(out), "--no-report"]) == 0
     assert "0 runs done" in capsys.readouterr().err
+
+
+def test_models_built_with_different_arguments_get_separate_tables():
+    import dataclasses
+
+    from prunelab.report import group_results
+
+    plain = _result("magnitude", 0.5, 0, 0.8)
+    narrow = dataclasses.replace(plain, spec=dataclasses.replace(plain.spec, model_kwargs={"hidden": [8], "bias": False}))
+    groups = group_results([plain, narrow, plain])
+    assert list(groups) == [("synthetic", "mlp"), ("synthetic", 'mlp(bias=false, hidden=[8])')]
+    assert [len(r) for by in groups.values() for r in by["magnitude"].values()] == [2, 1]

@@ -48,11 +48,21 @@ def _mean_std(values):
     return mean, std, len(vals)
 
 
+def model_name(spec) -> str:
+    """The model as reports name it: its name, with its arguments when it has any
+    (``cnn(batch_norm=false, widths=[8, 16])``), so differently built models never share a table."""
+    kwargs = getattr(spec, "model_kwargs", None) or {}
+    if not kwargs:
+        return spec.model
+    return f"{spec.model}(" + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(kwargs.items())) + ")"
+
+
 def group_results(results) -> dict:
-    """``{(dataset, model): {label: {target: [RunResult, ...]}}}``, labels in first-seen order."""
+    """``{(dataset, model name): {label: {target: [RunResult, ...]}}}``, labels in first-seen order;
+    the model name includes its arguments (:func:`model_name`)."""
     groups: dict = {}
     for r in results:
-        g = groups.setdefault((r.spec.dataset, r.spec.model), {})
+        g = groups.setdefault((r.spec.dataset, model_name(r.spec)), {})
         g.setdefault(r.label, {}).setdefault(float(r.spec.target), []).append(r)
     for g in groups.values():
         for by_target in g.values():
