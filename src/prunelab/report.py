@@ -549,6 +549,21 @@ def atomic_write_text(path, text: str) -> None:
     _atomic_write(Path(path), (text if text.endswith("\n") else text + "\n").encode("utf-8"))
 
 
+def read_suite_store(outdir, suite: str) -> tuple[list, dict]:
+    """``(results, suites)`` of the result store in ``outdir``, for a suite's own writer.
+
+    Raises:
+        ConfigError: ``outdir`` holds no result store (saying which command makes one).
+    """
+    from .store import FILENAME
+
+    outdir = Path(outdir)
+    if not (outdir / FILENAME).is_file():
+        raise ConfigError(f"{outdir} holds no {FILENAME}; run `prunelab bench --suite {suite} --out {outdir}` first")
+    with Store(outdir) as store:
+        return store.results(), store.suites()
+
+
 def results_main(argv, suite: str, write, done: str, options: dict | None = None) -> int:
     """The ``python -m prunelab.suite_NAME OUTDIR [--dest DIR]`` entry point of a suite's own writer.
 

@@ -592,16 +592,13 @@ def write_ltp_results(outdir, dest=None) -> dict:
     Raises:
         ConfigError: no result store in ``outdir``, or no LTP/GMP/magnitude run in it.
     """
-    from .report import atomic_write_text
-    from .store import FILENAME, Store
+    from .report import atomic_write_text, read_suite_store
+    from .store import FILENAME
 
     outdir = Path(outdir)
     dest = Path(dest) if dest is not None else outdir
-    if not (outdir / FILENAME).is_file():
-        raise ConfigError(f"{outdir} holds no {FILENAME}; run `prunelab bench --suite ltp --out {outdir}` first")
-    with Store(outdir) as store:
-        results = store.results()
-        notes = store.suites().get("ltp", {}).get("notes", "")
+    results, suites = read_suite_store(outdir, "ltp")
+    notes = suites.get("ltp", {}).get("notes", "")
     collected = collect(results)
     if not collected["models"] and not collected["bn_study"]:
         raise ConfigError(f"{outdir / FILENAME} holds no completed LTP, GMP or magnitude run; "

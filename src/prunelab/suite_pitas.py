@@ -754,17 +754,13 @@ def write_pitas_report(outdir, dest=None, bench_json=None, results=None) -> dict
     Raises:
         ConfigError: no result store, or no one-shot run in it.
     """
-    from .store import FILENAME, Store
+    from .report import read_suite_store
 
     outdir = Path(outdir)
     dest = Path(dest) if dest is not None else outdir / "pitas"
     suites = {}
     if results is None:
-        if not (outdir / FILENAME).is_file():
-            raise ConfigError(f"{outdir} holds no {FILENAME}; run `prunelab bench --suite pitas --out {outdir}` first")
-        with Store(outdir) as store:
-            results = store.results()
-            suites = store.suites()
+        results, suites = read_suite_store(outdir, "pitas")
     collected = collect(results)
     if not collected:
         raise ConfigError(f"{outdir} holds no completed one-shot run; run `prunelab bench --suite pitas` first")

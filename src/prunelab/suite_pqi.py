@@ -563,15 +563,12 @@ def write_pqi_results(outdir, dest=None) -> dict:
     Raises:
         ConfigError: no result store in ``outdir``, or no OS/LT/SAP run in it.
     """
-    from .report import atomic_write_text
-    from .store import FILENAME, Store
+    from .report import atomic_write_text, read_suite_store
+    from .store import FILENAME
 
     outdir = Path(outdir)
     dest = Path(dest) if dest is not None else outdir
-    if not (outdir / FILENAME).is_file():
-        raise ConfigError(f"{outdir} holds no {FILENAME}; run `prunelab bench --suite pqi --out {outdir}` first")
-    with Store(outdir) as store:
-        results = store.results()
+    results, _ = read_suite_store(outdir, "pqi")
     collected = collect(results)
     if not collected:
         raise ConfigError(f"{outdir / FILENAME} holds no completed OS/LT/SAP run; run `prunelab bench --suite pqi` first")
