@@ -373,10 +373,27 @@ def test_run_reaches_the_target_then_fine_tunes_within_the_budget(pretrained, sy
 
 
 def test_run_falls_back_to_the_most_compressed_entry_when_the_target_is_out_of_reach(pretrained, synthetic):
+    method = methods.create("ltp", penalty_weight=0.1, temperature=0.5, threshold_lr=0.01, epochs=2,
+                            fill_to_target=False)
+    outcome = method.run(_context(synthetic, pretrained, target=0.99))
+    assert not outcome.info["target_reached"] and outcome.info["filled_fraction"] == 0.0
+    assert outcome.info["picked_compression"] == max(e["compression"] for e in outcome.traces["trail"])
+    assert outcome.masks.sparsity() < 0.99
+
+
+def test_run_fills_to_the_target_by_global_magnitude_when_the_trail_falls_short(pretrained, synthetic):
     method = methods.create("ltp", penalty_weight=0.1, temperature=0.5, threshold_lr=0.01, epochs=2)
     outcome = method.run(_context(synthetic, pretrained, target=0.99))
-    assert not outcome.info["target_reached"]
-    assert outcome.info["picked_compression"] == max(e["compression"] for e in outcome.traces["trail"])
+    info, masks = outcome.info, outcome.masks
+    assert not info["target_reached"]
+    total = masks.total()
+    assert total - masks.kept() == round(0.99 * total)   # exactly the target
+    picked_kept = total / info["picked_compression"]
+    assert info["filled_fraction"] == pytest.approx((picked_kept - masks.kept()) / total)
+    assert info["filled_fraction"] > 0
+    assert info["picked_compression"] == max(e["compression"] for e in outcome.traces["trail"])
+    for name, mask in masks.items():
+        assert torch.all(outcome.model.get_parameter(name)[~mask] == 0)
 
 
 def test_run_needs_a_dense_model(pretrained, synthetic):
