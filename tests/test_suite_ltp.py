@@ -121,7 +121,7 @@ def fake_store(tmp_path):
                                    kwargs={"widths": [4, 4, 4, 4], "batch_norm": bn},
                                    hp={"penalty": penalty, "penalty_weight": 1.0, "stop_at_target": False},
                                    traces={"trail": _trail(sp, [0.8] * 5)},
-                                   info={"picked_epoch": 3 if grow else 2,
+                                   info={"picked_epoch": 3 if grow else 2, "ltp_epochs": 4, "finetune_epochs": 1,
                                          "picked_compression": 10.0 if grow else 1 / 0.45}))
     with Store(tmp_path / "runs") as store:
         for r in results:
@@ -189,6 +189,7 @@ def test_writer_writes_report_figures_and_json(fake_store, tmp_path, monkeypatch
     assert "![BN study](figures/bn-study.png)" in report
     assert "| yes | L0 | 1 | 1.0× → 2.0× → 5.0× → 10× → 20× |" in report
     assert "| 80.0 / 80.0 / 80.0 / 80.0 / 80.0 | 4.00× | yes | 10× (epoch 3): 81.2 % |" in report  # the fine-tuned pick
+    assert "4 epochs of thresholds each from the dense model, no stop, then 1 fine-tune epoch(s)" in report
     assert "| no | L2 | 1 |" in report and "| 2.2× (epoch 2): 80.0 % |" in report
     assert "**holds**" in report
     assert "Seeds 0, 1 at 40× (each seed its own dense model)" in report

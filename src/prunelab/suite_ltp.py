@@ -619,8 +619,10 @@ def report_markdown(collected: dict, checks: dict, figures=(), notes: str = "") 
         run0 = collected["bn_study"][0]
         lines += ["## Batch-norm study", "",
                   f"LTP's thresholding on `cnn` widths {run0.get('widths')} with the L0 term, or with L1 / L2 penalties on "
-                  f"the weights instead (thresholds then learn from the task loss alone), {run0.get('epochs')} epochs of "
-                  "thresholds each from the dense model, no stop; the same cnn with batch-norm after every conv and "
+                  f"the weights instead (thresholds then learn from the task loss alone), {run0.get('ltp_epochs')} epochs of "
+                  "thresholds each from the dense model, no stop"
+                  + (f", then {run0['finetune_epochs']} fine-tune epoch(s) of the picked network"
+                     if run0.get("finetune_epochs") else "") + "; the same cnn with batch-norm after every conv and "
                   "without (`batch_norm=False`). Compression of the hard mask after each epoch (validation top-1):", "",
                   "| BN | penalty | λ | compression per epoch | val top-1 per epoch (%) | late growth | keeps increasing "
                   "| picked, after fine-tune |",
