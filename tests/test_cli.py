@@ -1,9 +1,11 @@
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from prunelab import methods
 from prunelab.checkpoints import load_checkpoint
 from prunelab.cli import main
 
@@ -44,6 +46,7 @@ def test_train_prune_eval_info(trained, tmp_path, capsys):
     (["prune", "MISSING.safetensors", "--sparsity", "0.5", "--out", "x"], "no such checkpoint"),
     (["prune", "MISSING.safetensors", "--sparsity", "1.5", "--out", "x"], "[0, 1)"),
     (["frobnicate"], "invalid choice"),
+    (["info", "nosuch"], "nor a method name (methods: feta, gmp"),
     (["train", "--model", "mlp"], "required"),
 ])
 def test_bad_input_exits_2_with_one_line(args, needle, capsys):
@@ -66,3 +69,21 @@ def test_console_entry_point_runs_as_module():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("prunelab: error:") and "Traceback" not in proc.stderr
+
+
+def test_info_method_lists_every_hyperparameter_with_default_and_description(capsys):
+    code, out, err = run(["info", "ltp"], capsys)
+    assert code == 0, err
+    assert out.startswith("ltp (training): Learned Threshold Pruning")
+    assert "  fill_to_target = True\n      when the trail falls short of the target" in out
+    assert "  penalty_weight = 3.0\n      λ, weight of the penalty" in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    code, out, _ = run(["info", "sap"], capsys)   # fields inherited from the base dataclass
+    assert "  rounds = 30\n      T, the number of pruning rounds" in out and "  beta = 0.9\n      β in (0, 1]" in out
+
+
+def test_every_hyperparameter_of_every_method_is_documented():
+    for name in methods.list():
+        docs = methods.hparam_docs(name)
+        assert set(docs) == {f.name for f in dataclasses.fields(methods.get(name).Hparams)}
+        assert [f for f, d in docs.items() if not d["doc"]] == [], name

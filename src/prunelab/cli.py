@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import distributed
-from .errors import ConfigError, PrunelabError
+from .errors import CheckpointError, ConfigError, PrunelabError
 
 EXTENSIONS = ("cli_bench", "cli_iterate", "cli_export", "cli_grda", "cli_layerwise", "cli_ltp", "cli_studies")
 
@@ -207,7 +207,14 @@ def cmd_info(args) -> int:
         print("models:   " + ", ".join(models.list()))
         print("methods:  " + ", ".join(f"{m} ({methods.get(m).family})" for m in methods.list()))
         print("datasets: " + ", ".join(data.list()))
+        print("(prunelab info METHOD lists a method's hyperparameters)")
         return 0
+    if not Path(args.checkpoint).exists():
+        if args.checkpoint in methods.list():
+            print(describe_method(args.checkpoint))
+            return 0
+        raise CheckpointError(f"{args.checkpoint}: no such checkpoint file, nor a method name "
+                              f"(methods: {', '.join(methods.list())})")
     from .checkpoints import load_checkpoint
     from .metrics import format_summary, summary
 
@@ -224,6 +231,25 @@ def cmd_info(args) -> int:
         if isinstance(value, dict) and "top1" in value:
             print(f"{key}: top-1 {value['top1']:.2%}")
     return 0
+
+
+def describe_method(name: str, width: int = 100) -> str:
+    """A method's family, summary and hyperparameters (default and description), for ``info``."""
+    import inspect
+    import textwrap
+
+    from . import methods
+
+    cls = methods.get(name)
+    summary = " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split())
+    lines = textwrap.wrap(f"{name} ({cls.family}): {summary}", width)
+    lines += ["", "hyperparameters (name = default):"]
+    for field, entry in methods.hparam_docs(name).items():
+        lines.append(f"  {field} = {entry['default']!r}")
+        lines += textwrap.wrap(entry["doc"], width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    lines += [""] + textwrap.wrap(f"set them in a suite file ([[methods]] name = \"{name}\", hparams = {{...}}) "
+                                  f"or with prunelab.methods.create(\"{name}\", ...)", width)
+    return "\n".join(lines)
 
 
 def cmd_demo(args) -> int:

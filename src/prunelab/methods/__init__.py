@@ -63,6 +63,54 @@ def list_methods(family: str | None = None) -> list[str]:
 
 list = list_methods  # noqa: A001 - the registry idiom: prunelab.methods.list()
 
+
+def hparam_docs(name: str) -> dict[str, dict]:
+    """Method ``name``'s hyperparameters: ``field -> {"default": value, "doc": text}``.
+
+    The text is the field's entry in the ``Attributes:`` section of the ``Hparams`` docstring
+    (continuation lines joined; empty when the field is not documented there).
+    """
+    import dataclasses
+
+    cls = get(name).Hparams
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):   # a subclass's entry replaces its base's
+        docs.update(_attribute_docs(klass.__dict__.get("__doc__")))
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        out[f.name] = {"default": default, "doc": docs.get(f.name, "")}
+    return out
+
+
+def _attribute_docs(doc: str | None) -> dict[str, str]:
+    """``name -> text`` from the ``Attributes:`` section of a Google-style docstring."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    current, in_attrs = None, False
+    for line in inspect.cleandoc(doc or "").splitlines():
+        if not line.strip():
+            continue
+        if line.strip() == "Attributes:":
+            in_attrs = True
+            continue
+        if not in_attrs:
+            continue
+        if not line.startswith(" "):  # a new section ends the attributes
+            break
+        match = re.match(r"^ {4}(\w+(?:, \w+)*): ?(.*)$", line)
+        if match:
+            current = [n.strip() for n in match.group(1).split(",")]
+            for n in current:
+                docs[n] = match.group(2).strip()
+        elif current:
+            for n in current:
+                docs[n] = (docs[n] + " " + line.strip()).strip()
+    return docs
+
 # Each module registers itself on import; a module still missing is simply not registered.
 for _module in ("magnitude", "hard_threshold", "feta", "nettrim", "lobs", "iterative", "ltp", "gmp", "grda"):
     try:
@@ -72,6 +120,6 @@ for _module in ("magnitude", "hard_threshold", "feta", "nettrim", "lobs", "itera
             raise
 
 __all__ = [
-    "register", "get", "create", "list", "list_methods", "Method", "OneShotMethod",
+    "register", "get", "create", "list", "list_methods", "hparam_docs", "Method", "OneShotMethod",
     "IterativeMethod", "TrainingMethod", "MethodContext", "MethodOutcome", "check_sparsity",
 ]

@@ -166,8 +166,12 @@ class IterativeHparams:
 
 @dataclass(frozen=True)
 class FixedFractionHparams(IterativeHparams):
-    """OS and LT. ``rate``: P, the fraction of each unit's remaining weights pruned per round
-    (0.2 in the paper), realised as exact counts round((1−P)^t · n)."""
+    """OS and LT (and every field of :class:`IterativeHparams`).
+
+    Attributes:
+        rate: P, the fraction of each unit's remaining weights pruned per round (0.2 in the
+            paper), realised as exact counts round((1−P)^t · n).
+    """
 
     rate: float = 0.2
 
@@ -180,9 +184,15 @@ class FixedFractionHparams(IterativeHparams):
 
 @dataclass(frozen=True)
 class SAPHparams(IterativeHparams):
-    """SAP (Algorithm 1). ``p``, ``q``: PQ Index exponents (0 < p < q); ``eta_r`` ≥ 0 and
-    ``gamma`` > 0 scale the bound; ``beta`` in (0, 1] caps the fraction pruned per round.
-    The paper's main settings are (p, q, eta_r, gamma) = (0.5, 1, 0, 1) and (1, 2, 0, 1)."""
+    """SAP (Algorithm 1), with every field of :class:`IterativeHparams`; ``p``, ``q`` are the
+    PQ Index exponents (0 < p < q). The paper's main settings are (p, q, eta_r, gamma) =
+    (0.5, 1, 0, 1) and (1, 2, 0, 1).
+
+    Attributes:
+        eta_r: η_r ≥ 0, scales the bound.
+        gamma: γ > 0, scales the bound.
+        beta: β in (0, 1], caps the fraction pruned per round.
+    """
 
     eta_r: float = 0.0
     gamma: float = 1.0
