@@ -159,3 +159,18 @@ def test_default_frequency_gives_about_twenty_events(synthetic):
 def test_run_from_dense_needs_a_dense_model(synthetic):
     with pytest.raises(MethodError, match="dense"):
         methods.create("gmp").run(_context(synthetic, None, target=0.5))
+
+
+def test_step_range_in_optimizer_steps_overrides_the_fractions(synthetic):
+    dense = mlp()
+    ctx = _context(synthetic, dense, target=0.8)
+    ctx.retrain_config = TrainConfig(epochs=12, batch_size=60, lr=0.05)  # 108 steps
+    outcome = methods.create("gmp", begin_step=10, end_step=50, frequency=10).run(ctx)
+    assert outcome.info["begin_step"] == 10 and outcome.info["end_step"] == 50
+    assert [e["step"] for e in outcome.traces["pruning"]] == [10, 20, 30, 40, 50]
+    assert outcome.traces["pruning"][0]["target"] == 0.0 and outcome.traces["pruning"][-1]["target"] == 0.8
+    assert outcome.traces["pruning"][1]["target"] == pytest.approx(cubic_sparsity(20, 0.0, 0.8, 10, 50))
+    with pytest.raises(ConfigError, match="the run.s 18 optimizer steps"):
+        methods.create("gmp", end_step=200).run(_context(synthetic, dense, target=0.8))
+    with pytest.raises(ConfigError, match="end_step must be an integer"):
+        methods.create("gmp", end_step=-1)

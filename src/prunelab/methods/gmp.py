@@ -171,6 +171,9 @@ class GMPHparams:
         frequency: Δt, optimizer steps between pruning events (None: a twentieth of the pruning
             range, at least 1, so the schedule has about 20 events whatever the data set's size;
             on Fashion-MNIST with 10 epochs and ``end_fraction=0.5`` that is 107 steps).
+        begin_step: t₀ in optimizer steps (overrides ``begin_fraction``; None: use the fraction).
+        end_step: the last pruning event in optimizer steps (overrides ``end_fraction``; must lie
+            within the run).
         scope: ``"global"`` or ``"layer"`` magnitude.
         epochs: length of the run (None: the retraining budget for ``start="dense"``, the dense
             budget for ``start="init"``).
@@ -187,6 +190,8 @@ class GMPHparams:
     scope: str = "global"
     epochs: int | None = None
     select_best: bool = True
+    begin_step: int | None = None
+    end_step: int | None = None
 
     def __post_init__(self):
         if self.start not in STARTS:
@@ -201,6 +206,10 @@ class GMPHparams:
             raise ConfigError(f"frequency must be an integer >= 1 or None, got {self.frequency!r}")
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
             raise ConfigError(f"epochs must be an integer >= 1 or None, got {self.epochs!r}")
+        for name in ("begin_step", "end_step"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{name} must be an integer >= 0 or None, got {value!r}")
 
 
 @register("gmp")
@@ -227,7 +236,11 @@ class GMP(TrainingMethod):
         steps_per_epoch = math.ceil(len(ctx.data.train) / config.batch_size)
         total = config.epochs * steps_per_epoch
         initial = min(hp.initial_sparsity, target)
-        begin_step, end_step = round(hp.begin_fraction * total), round(hp.end_fraction * total)
+        begin_step = hp.begin_step if hp.begin_step is not None else round(hp.begin_fraction * total)
+        end_step = hp.end_step if hp.end_step is not None else round(hp.end_fraction * total)
+        if not 0 <= begin_step <= end_step <= total:
+            raise ConfigError(f"gmp needs 0 <= begin_step <= end_step <= the run's {total} optimizer steps "
+                              f"({config.epochs} epochs x {steps_per_epoch}), got {begin_step} and {end_step}")
         frequency = hp.frequency or max(1, round((end_step - begin_step) / AUTO_EVENTS))
         callback = GradualMagnitudePruning(
             final_sparsity=target, initial_sparsity=initial, begin_step=begin_step, end_step=end_step,
