@@ -75,7 +75,7 @@ def test_info_method_lists_every_hyperparameter_with_default_and_description(cap
     code, out, err = run(["info", "ltp"], capsys)
     assert code == 0, err
     assert out.startswith("ltp (training): Learned Threshold Pruning")
-    assert "  fill_to_target = True\n      when the trail falls short of the target" in out
+    assert "  match_target = True\n      bring the picked entry to the target" in out
     assert "  penalty_weight = 3.0\n      λ, weight of the penalty" in out
     assert max(len(line) for line in out.splitlines()) <= 100
     code, out, _ = run(["info", "sap"], capsys)   # fields inherited from the base dataclass

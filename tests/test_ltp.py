@@ -25,6 +25,7 @@ from prunelab.methods.ltp import (
     _SoftThreshold,
     hard_mask,
     learn_thresholds,
+    lower_thresholds_to,
     recalibrate_batchnorm,
     soft_mask,
     temperature_of,
@@ -374,7 +375,7 @@ def test_run_reaches_the_target_then_fine_tunes_within_the_budget(pretrained, sy
 
 def test_run_falls_back_to_the_most_compressed_entry_when_the_target_is_out_of_reach(pretrained, synthetic):
     method = methods.create("ltp", penalty_weight=0.1, temperature=0.5, threshold_lr=0.01, epochs=2,
-                            fill_to_target=False)
+                            match_target=False)
     outcome = method.run(_context(synthetic, pretrained, target=0.99))
     assert not outcome.info["target_reached"] and outcome.info["filled_fraction"] == 0.0
     assert outcome.info["picked_compression"] == max(e["compression"] for e in outcome.traces["trail"])
@@ -394,6 +395,46 @@ def test_run_fills_to_the_target_by_global_magnitude_when_the_trail_falls_short(
     assert info["picked_compression"] == max(e["compression"] for e in outcome.traces["trail"])
     for name, mask in masks.items():
         assert torch.all(outcome.model.get_parameter(name)[~mask] == 0)
+
+
+def _flat(x):
+    return [v for row in x for v in (row if isinstance(row, list) else [row])]
+
+
+def test_lower_thresholds_to_revives_by_ratio_to_the_layer_threshold():
+    weights = {"a": torch.tensor([3.0, 1.9, 1.5, 0.5]), "b": torch.tensor([[5.0, 3.5], [2.0, 0.0]]),
+               "c": torch.tensor([0.1, 0.0])}
+    taus = {"a": 4.0, "b": 16.0, "c": 0.0}
+    # w²/τ: a 2.25, 0.9025, 0.5625, 0.0625; b 1.5625, 0.765625, 0.25, 0; c (τ = 0): 0.1 kept always, 0 pruned
+    current = [(weights[n] ** 2 > taus[n]).tolist() for n in weights]
+    assert [sum(map(bool, _flat(c))) for c in current] == [1, 1, 1]      # 7 of 10 pruned now
+    masks = lower_thresholds_to(weights, taus, prune=5)         # revive the two best ratios: a[1], b[0, 1]
+    assert masks["a"].tolist() == [True, True, False, False]
+    assert masks["b"].tolist() == [[True, True], [False, False]]
+    assert masks["c"].tolist() == [True, False]
+    assert masks.total() - masks.kept() == 5
+    nearly_all = lower_thresholds_to(weights, taus, prune=1)    # of the two zero scores the earlier goes
+    assert nearly_all.kept() == 9 and not nearly_all["b"][1, 1] and nearly_all["c"][1]
+    same = lower_thresholds_to(weights, taus, prune=7)          # no change: the current hard masks
+    assert [same[n].tolist() for n in weights] == current
+
+
+def test_run_lowers_thresholds_to_match_a_target_the_trail_jumped_past(pretrained, synthetic):
+    # thresholds that jump far past a low target before the first check (step 3: 2.8x for 1.43x)
+    kwargs = dict(penalty_weight=2.0, temperature=0.5, threshold_lr=1.0, check_every=3)
+    outcome = methods.create("ltp", **kwargs).run(_context(synthetic, pretrained, target=0.3))
+    info, masks = outcome.info, outcome.masks
+    total = masks.total()
+    assert info["target_reached"] and info["picked_compression"] > 1.02 / 0.7
+    assert total - masks.kept() == round(0.3 * total)            # exactly the target
+    assert info["revived_fraction"] == pytest.approx(masks.kept() / total - 1 / info["picked_compression"])
+    assert info["revived_fraction"] > 0 and info["filled_fraction"] == 0.0
+    for name, mask in masks.items():
+        assert torch.all(outcome.model.get_parameter(name)[~mask] == 0)
+    # the same run without matching keeps the overshoot
+    loose = methods.create("ltp", match_target=False, **kwargs).run(_context(synthetic, pretrained, target=0.3))
+    assert loose.info["revived_fraction"] == 0.0
+    assert loose.masks.total() / loose.masks.kept() == pytest.approx(info["picked_compression"])
 
 
 def test_run_needs_a_dense_model(pretrained, synthetic):

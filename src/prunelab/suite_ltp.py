@@ -165,7 +165,7 @@ def ltp_specs(dataset: str = "fashion-mnist", plans=PLANS, targets=TARGETS, bn_s
     for batch_norm in (True, False):
         for penalty, weight in bn_study:
             hp = {"penalty": penalty, "penalty_weight": weight, "stop_at_target": False,
-                  "min_finetune_epochs": BN_FINETUNE_EPOCHS, "fill_to_target": False}
+                  "min_finetune_epochs": BN_FINETUNE_EPOCHS, "match_target": False}
             specs.append(spec("cnn", {"widths": list(bn_widths), "batch_norm": batch_norm}, "ltp", BN_TARGET, hp,
                               bn_dense or BN_DENSE, bn_budget or BN_BUDGET))
     return specs

@@ -35,11 +35,15 @@ No official code exists (papers.md §3); the choices made here, each tested in t
 - **Trail selection.** :meth:`Trail.pick` by target compression takes the entry with the
   smallest compression at or above the target; by accuracy floor the most compressed entry
   meeting it.
-- **Short of the target.** When the trail has not reached the target compression within its
-  epochs, :class:`LTP` (the harness method) prunes the most compressed entry further by global
-  magnitude to exactly the target before fine-tuning (``fill_to_target``; measured: one of five
-  Fashion-MNIST seeds stopped at 39.6x of 40x), so the harness compares methods at matched
-  compression; the filled share is recorded.
+- **Matching the target.** :class:`LTP` (the harness method) compares at matched compression
+  (``match_target``). Short of the target after its epochs (measured: one of five Fashion-MNIST
+  seeds stopped at 39.6x of 40x), the most compressed entry is pruned further by global magnitude
+  to exactly the target. Past it by more than 2 % (the thresholds jump in the first steps: a
+  LeNet-300-100 checked every 10 steps was at 8x when asked for 2x), every learned threshold is
+  lowered by one common factor, i.e. the pruned weights of largest w²/τ_l come back (with the
+  values LTP trained), until exactly the target is kept; this keeps LTP's per-layer allocation
+  and is possible for the last trail entry, whose unmasked weights are the model's. The shares
+  filled or revived are recorded.
 - **Stall warning.** When the share of weights with ``|w² − τ|/T < 4`` (where σ' is not
   negligible) falls below ``stall_fraction``, τ receives almost no gradient and pruning stops
   ("premature termination", §3.2 of the paper): :class:`LTPStallWarning` is issued and logged.
@@ -71,7 +75,7 @@ from ..masks import Masks, prunable_parameters
 from ..training import OPTIMIZERS, Callback, TrainConfig, evaluate, make_optimizer, train
 from . import register
 from .base import MethodContext, MethodOutcome, TrainingMethod, check_sparsity
-from .magnitude import _prune_by_scores
+from .magnitude import _prune_by_scores, select_smallest
 
 logger = logging.getLogger("prunelab.ltp")
 
@@ -79,6 +83,9 @@ PENALTIES = ("l0", "l1", "l2")
 GRADIENTS = ("approx", "exact")
 TRANSITION_BAND = 4.0  # |w² − τ|/T below this: σ' > 0.017, the sigmoid still passes gradient
 _MIN_TEMPERATURE = 1e-20
+
+
+MATCH_TOLERANCE = 0.02  # LTP.run revives weights when the picked entry is > 2 % past the target
 
 
 class LTPStallWarning(UserWarning):
@@ -362,6 +369,35 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 2
         m.momentum = momentum
     model.train(was_training)
     return True
+
+
+@torch.no_grad()
+def lower_thresholds_to(weights: dict[str, torch.Tensor], thresholds: dict[str, float], prune: int) -> Masks:
+    """Hard masks pruning exactly ``prune`` weights by one common scaling of the thresholds.
+
+    Keeping ``w² > c·τ_l`` for one factor ``c`` ranks the weights by ``w²/τ_l``; a layer with
+    ``τ_l ≤ 0`` keeps every weight with ``w² > τ_l`` whatever ``c`` is. The ``prune`` weights of
+    smallest rank are pruned (ties in tensor, then row-major, order). With ``prune`` no more than
+    the current hard masks prune, every weight they keep stays kept: the thresholds come down.
+
+    Args:
+        weights: ``name -> weight`` (unmasked).
+        thresholds: ``name -> τ_l``.
+        prune: the number of weights to prune in all.
+
+    Returns:
+        The :class:`Masks` (``True`` = kept).
+    """
+    names = list(weights)
+    scores = []
+    for n in names:
+        w2, tau = weights[n].detach().float() ** 2, float(thresholds[n])
+        if tau > 0:
+            scores.append(w2 / tau)
+        else:
+            scores.append(torch.where(w2 > tau, torch.full_like(w2, math.inf), torch.zeros_like(w2)))
+    kept = select_smallest(scores, None, prune)
+    return Masks(dict(zip(names, kept)))
 
 
 def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
@@ -709,11 +745,12 @@ class LTPHparams:
         lr: learning rate of the weights during LTP (None: the retraining config's); momentum,
             schedule and batch size come from the retraining config.
         stall_fraction: warn when the transition fraction falls below this.
-        fill_to_target: when the trail falls short of the target within the LTP epochs, prune
-            the picked entry further by global magnitude (the smallest |w| among the weights it
-            kept, :func:`prunelab.methods.magnitude.select_smallest`) to exactly the target before
-            the fine-tune, so comparisons stay at matched compression; the share so pruned is
-            ``info["filled_fraction"]``. False: keep the entry as it is (logged warning).
+        match_target: bring the picked entry to the target before the fine-tune, so comparisons
+            stay at matched compression: short of it, prune further by global magnitude (the
+            smallest |w| among the kept weights; share in ``info["filled_fraction"]``); past it by
+            more than 2 % (the last entry only), lower every threshold by one common factor,
+            reviving the pruned weights of largest w²/τ_l (share in ``info["revived_fraction"]``).
+            False: keep the entry as it is (a shortfall is logged).
     """
 
     penalty_weight: float = 3.0
@@ -730,7 +767,7 @@ class LTPHparams:
     optimizer: str | None = "sgd"
     lr: float | None = 0.03
     stall_fraction: float = 1e-3
-    fill_to_target: bool = True
+    match_target: bool = True
 
     def __post_init__(self):
         if self.penalty not in PENALTIES:
@@ -765,9 +802,9 @@ class LTP(TrainingMethod):
     retraining budget): LTP with the retraining recipe for the weights plus a threshold group,
     until the hard mask reaches the target compression 1/(1 − target) (or for at most
     ``epochs - min_finetune_epochs`` epochs), then it picks the trail entry of smallest
-    compression ≥ the target (falling back, with a logged warning, to the most compressed entry,
-    pruned further by global magnitude to the target unless ``fill_to_target=False``) and
-    fine-tunes it with that hard mask fixed for the remaining epochs.
+    compression ≥ the target (falling back, with a logged warning, to the most compressed entry),
+    brings it to the target (``match_target``, see the module docstring) and fine-tunes it with
+    that hard mask fixed for the remaining epochs.
     """
 
     Hparams = LTPHparams
@@ -802,13 +839,26 @@ class LTP(TrainingMethod):
         reached = entry.compression >= target_compression * (1 - 1e-9)
         ltp_epochs = trail[-1].epoch
         finetune_epochs = budget - ltp_epochs
+        # The model was trained in place, unmasked: these are the last trail entry's weights.
+        unmasked = {n: model.get_parameter(n).detach().clone() for n in entry.thresholds}
         masks = entry.restore(model)
-        filled = 0.0
+        filled = revived = 0.0
+        overshoot = entry.compression > target_compression * (1 + MATCH_TOLERANCE)
+        if hp.match_target and reached and overshoot and target > 0 and entry.step == trail[-1].step:
+            kept = masks.kept()
+            with torch.no_grad():
+                for name, value in unmasked.items():
+                    model.get_parameter(name).copy_(value)
+            masks = lower_thresholds_to(unmasked, entry.thresholds, round(target * masks.total()))
+            masks.apply(model)
+            revived = (masks.kept() - kept) / masks.total()
+            ctx.log(f"LTP's trail passed the {target_compression:.2f}x target ({entry.compression:.2f}x); "
+                    f"thresholds lowered by one factor to match it ({100 * revived:.2f} % of the weights revived)")
         if not reached:
             ctx.log(f"warning: LTP reached only {entry.compression:.2f}x of the {target_compression:.2f}x "
                     f"target in {max_ltp} epochs; raise penalty_weight, threshold_lr or epochs"
-                    + ("; pruning the rest by global magnitude" if hp.fill_to_target else ""))
-            if hp.fill_to_target:
+                    + ("; pruning the rest by global magnitude" if hp.match_target else ""))
+            if hp.match_target:
                 before = masks.kept()
                 masks = _prune_by_scores(model, masks, target, "global",
                                          {n: model.get_parameter(n).detach() for n in masks})
@@ -825,7 +875,8 @@ class LTP(TrainingMethod):
         info = {
             "picked_epoch": entry.epoch, "picked_step": entry.step, "picked_compression": entry.compression,
             "picked_val_top1": entry.val_top1, "target_compression": target_compression,
-            "target_reached": reached, "filled_fraction": filled, "ltp_epochs": ltp_epochs,
+            "target_reached": reached, "filled_fraction": filled, "revived_fraction": revived,
+            "ltp_epochs": ltp_epochs,
             "finetune_epochs": finetune_epochs,
             "thresholds": entry.thresholds,
         }
