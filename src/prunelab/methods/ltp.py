@@ -843,8 +843,8 @@ class LTP(TrainingMethod):
         unmasked = {n: model.get_parameter(n).detach().clone() for n in entry.thresholds}
         masks = entry.restore(model)
         filled = revived = 0.0
-        overshoot = entry.compression > target_compression * (1 + MATCH_TOLERANCE)
-        if hp.match_target and reached and overshoot and target > 0 and entry.step == trail[-1].step:
+        overshoot = hp.match_target and target > 0 and entry.compression > target_compression * (1 + MATCH_TOLERANCE)
+        if overshoot and entry.step == trail[-1].step:
             kept = masks.kept()
             with torch.no_grad():
                 for name, value in unmasked.items():
@@ -854,6 +854,9 @@ class LTP(TrainingMethod):
             revived = (masks.kept() - kept) / masks.total()
             ctx.log(f"LTP's trail passed the {target_compression:.2f}x target ({entry.compression:.2f}x); "
                     f"thresholds lowered by one factor to match it ({100 * revived:.2f} % of the weights revived)")
+        elif overshoot:
+            ctx.log(f"warning: the picked trail entry is at {entry.compression:.2f}x for a {target_compression:.2f}x "
+                    "target and is not the last one (its unpruned weights are gone): kept as it is")
         if not reached:
             ctx.log(f"warning: LTP reached only {entry.compression:.2f}x of the {target_compression:.2f}x "
                     f"target in {max_ltp} epochs; raise penalty_weight, threshold_lr or epochs"
