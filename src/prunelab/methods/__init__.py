@@ -111,6 +111,7 @@ def _attribute_docs(doc: str | None) -> dict[str, str]:
                 docs[n] = (docs[n] + " " + line.strip()).strip()
     return docs
 
+
 # Each module registers itself on import; a module still missing is simply not registered.
 for _module in ("magnitude", "hard_threshold", "feta", "nettrim", "lobs", "iterative", "ltp", "gmp", "grda"):
     try:
