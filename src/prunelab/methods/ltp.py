@@ -400,6 +400,49 @@ def lower_thresholds_to(weights: dict[str, torch.Tensor], thresholds: dict[str, 
     return Masks(dict(zip(names, kept)))
 
 
+def restore_at_target(model: nn.Module, trail: "Trail", entry: "TrailEntry", sparsity: float, match: bool = True,
+                      log: Callable[[str], None] | None = None) -> tuple[Masks, dict]:
+    """Load trail ``entry`` into ``model`` and, with ``match``, bring it to exactly ``sparsity``.
+
+    ``model`` is the network :func:`learn_thresholds` trained in place, so before this call it
+    holds the unmasked weights of the trail's last entry. Short of the target, the entry is pruned
+    further by global magnitude (the smallest |w| among its kept weights). More than
+    :data:`MATCH_TOLERANCE` past it, and if ``entry`` is the last entry, every threshold is lowered
+    by one common factor (:func:`lower_thresholds_to`): the pruned weights of largest w²/τ_l come
+    back with the values LTP trained. An earlier entry past the target is kept as it is (logged).
+
+    Returns:
+        ``(masks, {"filled_fraction": ..., "revived_fraction": ...})``, shares of all prunable
+        weights pruned by the fill or revived.
+    """
+    log = log or logger.info
+    target_compression = 1.0 / (1.0 - sparsity)
+    unmasked = {n: model.get_parameter(n).detach().clone() for n in entry.thresholds}
+    masks = entry.restore(model)
+    filled = revived = 0.0
+    if match and sparsity > 0:
+        if entry.compression < target_compression * (1 - 1e-9):
+            before = masks.kept()
+            masks = _prune_by_scores(model, masks, sparsity, "global",
+                                     {n: model.get_parameter(n).detach() for n in masks})
+            filled = (before - masks.kept()) / masks.total()
+        elif entry.compression > target_compression * (1 + MATCH_TOLERANCE):
+            if entry.step == trail[-1].step:
+                kept = masks.kept()
+                with torch.no_grad():
+                    for name, value in unmasked.items():
+                        model.get_parameter(name).copy_(value)
+                masks = lower_thresholds_to(unmasked, entry.thresholds, round(sparsity * masks.total()))
+                masks.apply(model)
+                revived = (masks.kept() - kept) / masks.total()
+                log(f"LTP's trail passed the {target_compression:.2f}x target ({entry.compression:.2f}x); "
+                    f"thresholds lowered by one factor to match it ({100 * revived:.2f} % of the weights revived)")
+            else:
+                log(f"warning: the picked trail entry is at {entry.compression:.2f}x for a {target_compression:.2f}x "
+                    "target and is not the last one (its unpruned weights are gone): kept as it is")
+    return masks, {"filled_fraction": filled, "revived_fraction": revived}
+
+
 def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     if q <= 0:
         return torch.zeros((), dtype=values.dtype)
@@ -839,33 +882,11 @@ class LTP(TrainingMethod):
         reached = entry.compression >= target_compression * (1 - 1e-9)
         ltp_epochs = trail[-1].epoch
         finetune_epochs = budget - ltp_epochs
-        # The model was trained in place, unmasked: these are the last trail entry's weights.
-        unmasked = {n: model.get_parameter(n).detach().clone() for n in entry.thresholds}
-        masks = entry.restore(model)
-        filled = revived = 0.0
-        overshoot = hp.match_target and target > 0 and entry.compression > target_compression * (1 + MATCH_TOLERANCE)
-        if overshoot and entry.step == trail[-1].step:
-            kept = masks.kept()
-            with torch.no_grad():
-                for name, value in unmasked.items():
-                    model.get_parameter(name).copy_(value)
-            masks = lower_thresholds_to(unmasked, entry.thresholds, round(target * masks.total()))
-            masks.apply(model)
-            revived = (masks.kept() - kept) / masks.total()
-            ctx.log(f"LTP's trail passed the {target_compression:.2f}x target ({entry.compression:.2f}x); "
-                    f"thresholds lowered by one factor to match it ({100 * revived:.2f} % of the weights revived)")
-        elif overshoot:
-            ctx.log(f"warning: the picked trail entry is at {entry.compression:.2f}x for a {target_compression:.2f}x "
-                    "target and is not the last one (its unpruned weights are gone): kept as it is")
+        masks, matched = restore_at_target(model, trail, entry, target, match=hp.match_target, log=ctx.log)
         if not reached:
             ctx.log(f"warning: LTP reached only {entry.compression:.2f}x of the {target_compression:.2f}x "
                     f"target in {max_ltp} epochs; raise penalty_weight, threshold_lr or epochs"
-                    + ("; pruning the rest by global magnitude" if hp.match_target else ""))
-            if hp.match_target:
-                before = masks.kept()
-                masks = _prune_by_scores(model, masks, target, "global",
-                                         {n: model.get_parameter(n).detach() for n in masks})
-                filled = (before - masks.kept()) / masks.total()
+                    + ("; pruned the rest by global magnitude" if hp.match_target else ""))
         phase_times = {"prune": train_time}
         finetune_history: list[dict] = []
         if finetune_epochs > 0:
@@ -878,8 +899,7 @@ class LTP(TrainingMethod):
         info = {
             "picked_epoch": entry.epoch, "picked_step": entry.step, "picked_compression": entry.compression,
             "picked_val_top1": entry.val_top1, "target_compression": target_compression,
-            "target_reached": reached, "filled_fraction": filled, "revived_fraction": revived,
-            "ltp_epochs": ltp_epochs,
+            "target_reached": reached, **matched, "ltp_epochs": ltp_epochs,
             "finetune_epochs": finetune_epochs,
             "thresholds": entry.thresholds,
         }
