@@ -9,7 +9,6 @@ fixed, and saves it as a prunelab checkpoint whose metadata holds the whole trai
 from __future__ import annotations
 
 import json
-import math
 import time
 
 from . import distributed
@@ -51,16 +50,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_ltp)
 
 
-def _finite(x):
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def cmd_ltp(args) -> int:
     """Learn thresholds, print the trail, pick an entry, fine-tune it and save it."""
     import torch
 
     from .checkpoints import load_checkpoint, save_checkpoint
     from .cli import _checkpoint_data, _print_eval, train_config
+    from .cli_iterate import _finite
     from .methods.ltp import learn_thresholds, restore_at_target
     from .metrics import summary
     from .training import evaluate, train
@@ -95,7 +91,7 @@ def cmd_ltp(args) -> int:
         threshold_lr=args.threshold_lr, gradient=args.gradient, stop_at_compression=stop,
         check_every=args.check_every, checkpoint_dir=args.trail_dir, log=log)
     seconds = time.perf_counter() - t0
-    records = [{k: _finite(v) for k, v in e.record().items()} for e in trail]
+    records = [_finite(e.record()) for e in trail]
     if not args.json:
         print(f"{'epoch':>5}  {'step':>6}  {'compression':>11}  {'val top-1':>9}  {'transition':>10}")
         for e in trail:
