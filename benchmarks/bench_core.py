@@ -25,7 +25,7 @@ from torch.nn.utils import prune as nn_prune
 
 import prunelab
 from prunelab import models
-from prunelab.training import TrainConfig, train
+from prunelab.training.loop import TrainConfig, train
 
 
 def _plain_steps(model, optimizer, batches):

@@ -29,7 +29,7 @@ def _problem(samples: int, epochs: int):
     import prunelab
     from prunelab import models
     from prunelab.data import Split
-    from prunelab.training import TrainConfig
+    from prunelab.training.loop import TrainConfig
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(samples, 1, 28, 28, generator=g)
@@ -46,8 +46,8 @@ def worker(args) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from prunelab import distributed
-    from prunelab.training import train
+    from prunelab.training import distributed
+    from prunelab.training.loop import train
 
     torch.set_num_threads(1)
     distributed.init()
@@ -87,7 +87,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file
 
-    from prunelab.training import train
+    from prunelab.training.loop import train
 
     torch.set_num_threads(1)
     model, masks, train_split, val_split, config = _problem(args.samples, args.epochs)

@@ -45,7 +45,7 @@ from prunelab import models
 from prunelab.errors import PrunelabError
 from prunelab.export import (SparseLinear, export_onnx, interleaved, make_permanent, native, onnxruntime_session,
                              storage_sizes, to_sparse)
-from prunelab.metrics import summary
+from prunelab.core.metrics import summary
 
 warnings.simplefilter("ignore")
 

@@ -27,7 +27,7 @@ import time
 import torch
 from torch import nn
 
-from prunelab.optim import GRDA, grda_param_groups
+from prunelab.methods.grda.optim import GRDA, grda_param_groups
 
 C, MU, LR = 0.005, 0.55, 0.05
 
@@ -39,7 +39,7 @@ def lenet5() -> nn.Module:
 
 
 class LoopGRDA(torch.optim.Optimizer):
-    """The update of prunelab.optim.GRDA one parameter at a time, shaped like the official code."""
+    """The update of prunelab.methods.grda.optim.GRDA one parameter at a time, shaped like the official code."""
 
     def __init__(self, params, lr, c, mu):
         super().__init__(params, dict(lr=lr, c=c, mu=mu))

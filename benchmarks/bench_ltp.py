@@ -1,7 +1,7 @@
 """Cost of an LTP training step over a plain one, and of its parts. Prints JSON.
 
 One step = zero_grad → forward → cross-entropy (+ the normalised soft-L0 for LTP) → backward →
-SGD(momentum 0.9) step, as in ``prunelab.training.train``. The plain model and the LTP-wrapped
+SGD(momentum 0.9) step, as in ``prunelab.training.loop.train``. The plain model and the LTP-wrapped
 copy are timed side by side: in every round each runs ``--steps`` steps (order alternating
 between rounds), and the reported figures are medians over rounds of the per-step time, so
 load from other processes hits both alike.

@@ -20,8 +20,8 @@ import time
 import torch
 from torch import nn
 
-from prunelab.masks import Masks
-from prunelab.pqi import pq_index_grid_model, pq_index_model
+from prunelab.core.masks import Masks
+from prunelab.core.pqi import pq_index_grid_model, pq_index_model
 
 
 def main() -> None:

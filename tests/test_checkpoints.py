@@ -3,7 +3,7 @@ import torch
 
 import prunelab
 from prunelab import models
-from prunelab.checkpoints import load_checkpoint, save_checkpoint
+from prunelab.core.checkpoints import load_checkpoint, save_checkpoint
 from prunelab.errors import CheckpointError
 
 

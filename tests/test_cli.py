@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from prunelab import methods
-from prunelab.checkpoints import load_checkpoint
-from prunelab.cli import main
+from prunelab.core.checkpoints import load_checkpoint
+from prunelab.cli.main import main
 
 
 def run(args, capsys):

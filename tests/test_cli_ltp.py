@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from prunelab.checkpoints import load_checkpoint
-from prunelab.cli import main
+from prunelab.core.checkpoints import load_checkpoint
+from prunelab.cli.main import main
 
 
 def run(args, capsys):

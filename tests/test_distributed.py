@@ -24,10 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from prunelab import distributed
+from prunelab.training import distributed
 from prunelab.data import Dataset, Split
-from prunelab.masks import Masks
-from prunelab.training import Callback, TrainConfig, evaluate, train
+from prunelab.core.masks import Masks
+from prunelab.training.loop import Callback, TrainConfig, evaluate, train
 
 WORLD = 2
 TOLERANCE = 1e-5
@@ -197,7 +197,7 @@ def test_magnitude_prune_retrain_matches_single_process(tmp_path):
 
 
 def _grda_worker(rank, out):
-    from prunelab.methods.grda import train_grda
+    from prunelab.methods.grda.method import train_grda
 
     model = make_model()
     _, optimizer = train_grda(model, make_data(), DENSE.replace(epochs=3, lr=0.1), c=0.02, mu=0.55, schedule="constant")
@@ -212,8 +212,8 @@ def _grda_worker(rank, out):
 
 
 def test_grda_thresholding_identical_across_ranks_and_matches_single_process(tmp_path):
-    pytest.importorskip("prunelab.optim", reason="prunelab.optim (GRDA) is not written yet")
-    from prunelab.methods.grda import train_grda
+    pytest.importorskip("prunelab.methods.grda.optim", reason="prunelab.methods.grda.optim (GRDA) is not written yet")
+    from prunelab.methods.grda.method import train_grda
 
     codes, errors, _ = launch(_grda_worker, tmp_path)
     _assert_ok(codes, errors)
@@ -448,7 +448,7 @@ def test_watchdog_ends_ranks_that_are_not_in_a_collective(tmp_path, failing):
 
 # -- the command line ----------------------------------------------------------------------------
 def _cli_worker(rank, out, argv):
-    from prunelab.cli import main
+    from prunelab.cli.main import main
 
     return main(argv)
 
@@ -456,8 +456,8 @@ def _cli_worker(rank, out, argv):
 def test_cli_train_and_prune_on_two_ranks(tmp_path, capsys):
     """SGD: Adam's scale-free step turns float roundoff in near-zero gradients into differences of
     ~1e-3 after an epoch on digits (measured), in the 2-rank and in any re-ordered computation."""
-    from prunelab.checkpoints import load_checkpoint
-    from prunelab.cli import main
+    from prunelab.core.checkpoints import load_checkpoint
+    from prunelab.cli.main import main
 
     recipe = ["--dataset", "digits", "--quiet", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.05"]
     train_argv = ["train", "--model", "mlp", "--epochs", "1", *recipe]
@@ -486,7 +486,7 @@ def test_cli_train_and_prune_on_two_ranks(tmp_path, capsys):
 
 
 def _cli_failing_worker(rank, out, argv):
-    from prunelab.cli import main
+    from prunelab.cli.main import main
 
     if rank == 1:
         argv = [*argv[:-2], "--sparsity", "1.5", *argv[-2:]]   # bad input on one rank only
@@ -494,7 +494,7 @@ def _cli_failing_worker(rank, out, argv):
 
 
 def test_cli_error_on_one_rank_exits_every_rank(tmp_path):
-    from prunelab.cli import main
+    from prunelab.cli.main import main
 
     dense = tmp_path / "dense.safetensors"
     assert main(["train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--quiet", "--out", str(dense)]) == 0
@@ -509,8 +509,8 @@ def test_cli_error_on_one_rank_exits_every_rank(tmp_path):
 
 def test_torchrun_launches_the_cli(tmp_path):
     """The real launcher: ``python -m torch.distributed.run --nproc-per-node 2 -m prunelab prune``."""
-    from prunelab.checkpoints import load_checkpoint
-    from prunelab.cli import main
+    from prunelab.core.checkpoints import load_checkpoint
+    from prunelab.cli.main import main
 
     dense, pruned, single = (tmp_path / f"{n}.safetensors" for n in ("dense", "pruned", "single"))
     assert main(["train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--quiet", "--out", str(dense)]) == 0
@@ -562,7 +562,7 @@ def _audit_writes(root: Path) -> list:
 def _cli_audited_worker(rank, out, argv, watch, fail_rank=None):
     """The CLI on one rank; ranks other than 0 record any write under ``watch`` (there must be
     none). ``fail_rank``: that rank's magnitude pruning raises, in the middle of a bench run."""
-    from prunelab.cli import main
+    from prunelab.cli.main import main
 
     seen = _audit_writes(Path(watch)) if rank != 0 else None
     if fail_rank == rank:
@@ -614,7 +614,7 @@ def _store_rows(out: Path) -> list[tuple]:
 def _assert_same_results(dist_out: Path, single_out: Path) -> None:
     """Every stored run of the 2-rank bench equals the single-process one: accuracies and the
     achieved sparsity exactly, losses to float32 roundoff (SGD: summation order only)."""
-    from prunelab.store import Store
+    from prunelab.harness.store import Store
 
     with Store(dist_out) as a, Store(single_out) as b:
         assert a.hashes() == b.hashes() and a.check() == [] and a.suites() == b.suites()
@@ -642,8 +642,8 @@ def test_cli_bench_on_two_ranks_matches_single_process_and_only_rank0_writes(tmp
     run once, equal to a single-process bench with the same global batch; rank 0 alone writes.
     A rerun with one more target resumes: rank 0 decides what is left, the new run takes its
     dense model from rank 0's cache."""
-    from prunelab.checkpoints import load_checkpoint
-    from prunelab.cli import main
+    from prunelab.core.checkpoints import load_checkpoint
+    from prunelab.cli.main import main
 
     suite = _bench_suite(tmp_path, "0.75")
     single, dist_out = tmp_path / "single", tmp_path / "dist"
@@ -709,8 +709,8 @@ ITERATE = ["iterate", "--schedule", "lt", "--model", "mlp", "--model-arg", "hidd
 
 
 def test_cli_iterate_on_two_ranks_matches_single_process_and_only_rank0_writes(tmp_path):
-    from prunelab.checkpoints import load_checkpoint
-    from prunelab.cli import main
+    from prunelab.core.checkpoints import load_checkpoint
+    from prunelab.cli.main import main
 
     single, dist_out = tmp_path / "single", tmp_path / "dist"
     assert main([*ITERATE, "--out", str(single)]) == 0
@@ -768,7 +768,7 @@ def test_ltp_checkpoint_dir_written_by_rank0_only(tmp_path):
 
 
 def test_cli_grda_train_and_export_written_by_rank0_only(tmp_path):
-    from prunelab.checkpoints import load_checkpoint
+    from prunelab.core.checkpoints import load_checkpoint
 
     out = tmp_path / "files"
     ckpt = out / "grda.safetensors"
@@ -788,7 +788,7 @@ def test_cli_grda_train_and_export_written_by_rank0_only(tmp_path):
 
 def test_follower_store_writes_nothing_and_refuses_reads(tmp_path):
     from prunelab.errors import ConfigError
-    from prunelab.store import FollowerStore, Store, open_store
+    from prunelab.harness.store import FollowerStore, Store, open_store
 
     with open_store(tmp_path / "main") as store:   # one process: the real store
         assert isinstance(store, Store) and (tmp_path / "main" / "results.sqlite").is_file()

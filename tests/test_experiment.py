@@ -13,11 +13,11 @@ import torch
 
 import prunelab.methods as methods
 from prunelab.errors import ConfigError
-from prunelab.experiment import RunSpec, canonical_options, dense_path, run, sweep, validate_all
-from prunelab.masks import Masks
+from prunelab.harness.runner import RunSpec, canonical_options, dense_path, run, sweep, validate_all
+from prunelab.core.masks import Masks
 from prunelab.methods.base import MethodOutcome, OneShotMethod, TrainingMethod
-from prunelab.store import Store
-from prunelab.training import train
+from prunelab.harness.store import Store
+from prunelab.training.loop import train
 
 DATA = {"in_shape": [1, 8, 8], "n_train": 300, "n_test": 120, "val_size": 0.2}
 MODEL = {"hidden": [24, 16]}
@@ -101,7 +101,7 @@ def test_hash_golden_and_process_independent():
     import hashlib
 
     assert s.hash == hashlib.sha256(canonical.encode()).hexdigest()
-    code = ("from prunelab.experiment import RunSpec; print(RunSpec('fashion-mnist','lenet-300-100','magnitude',0.9,"
+    code = ("from prunelab.harness.runner import RunSpec; print(RunSpec('fashion-mnist','lenet-300-100','magnitude',0.9,"
             "seed=1,hparams={'scope':'layer'},dense={'epochs':8,'optimizer':'adam','lr':1e-3},"
             "retrain={'epochs':2}).hash)")
     env = dict(os.environ, PYTHONHASHSEED="123", PYTHONPATH=str(Path(__file__).parents[1] / "src"))

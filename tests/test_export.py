@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from prunelab import models
-from prunelab.cli import main as cli_main
-from prunelab.checkpoints import save_checkpoint
+from prunelab.cli.main import main as cli_main
+from prunelab.core.checkpoints import save_checkpoint
 from prunelab.errors import CheckpointError, ConfigError, MaskError
 from prunelab.export import (SparseConv2d, SparseLinear, load_sparse, make_permanent, native, save_sparse,
                              sparse_layers, storage_sizes, to_sparse)
-from prunelab.masks import Masks
+from prunelab.core.masks import Masks
 
 BACKENDS = ["torch"] + (["native"] if native.load() is not None else [])
 TOL = dict(atol=1e-5, rtol=1e-5)

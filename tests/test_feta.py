@@ -9,7 +9,7 @@ from torch import nn
 import prunelab
 from prunelab.data import Split
 from prunelab.errors import ConfigError
-from prunelab.methods.feta import _dsq, feta_objective, feta_solve, feta_tau_guess
+from prunelab.methods.layerwise.feta import _dsq, feta_objective, feta_solve, feta_tau_guess
 from prunelab.methods.hard_threshold import histogram_threshold
 
 

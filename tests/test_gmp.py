@@ -12,10 +12,10 @@ from torch import nn
 from prunelab import data as data_mod
 from prunelab import methods
 from prunelab.errors import ConfigError, MethodError
-from prunelab.masks import Masks
+from prunelab.core.masks import Masks
 from prunelab.methods.base import MethodContext
 from prunelab.methods.gmp import GMP, GradualMagnitudePruning, cubic_sparsity
-from prunelab.training import Callback, TrainConfig, train
+from prunelab.training.loop import Callback, TrainConfig, train
 
 torch.set_num_threads(1)
 

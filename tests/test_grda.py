@@ -1,4 +1,4 @@
-"""gRDA optimizer (prunelab.optim), directional pruning method, valley check, their CLI."""
+"""gRDA optimizer (prunelab.methods.grda.optim), directional pruning method, valley check, their CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import ConfigError, PrunelabError
-from prunelab.optim import GRDA, grda_param_groups, soft_threshold_
+from prunelab.methods.grda.optim import GRDA, grda_param_groups, soft_threshold_
 
 torch.set_num_threads(1)
 
@@ -261,7 +261,7 @@ def test_param_groups_put_biases_and_norm_in_a_plain_sgd_group():
 
 
 def test_cifar_schedule():
-    from prunelab.methods.grda import cifar_lr_factor, cifar_schedule
+    from prunelab.methods.grda.method import cifar_lr_factor, cifar_schedule
 
     assert [cifar_lr_factor(p) for p in (0.0, 0.5, 0.95, 1.0)] == [1.0, 1.0, 0.01, 0.01]
     assert cifar_lr_factor(0.9) == pytest.approx(0.01, rel=1e-12)
@@ -280,7 +280,7 @@ def _tiny_data():
 
 def _context(dataset, epochs=3, target=0.5):
     from prunelab.methods.base import MethodContext
-    from prunelab.training import TrainConfig
+    from prunelab.training.loop import TrainConfig
 
     factory = lambda: TinyNet(seed=0)  # noqa: E731
     return MethodContext(
@@ -292,7 +292,7 @@ def _context(dataset, epochs=3, target=0.5):
 
 def test_method_is_registered_and_returns_nonzero_masks_and_traces():
     from prunelab import methods
-    from prunelab.masks import Masks
+    from prunelab.core.masks import Masks
 
     method = methods.create("grda", c=0.05, mu=0.7, lr=None)   # None: the budget's lr (0.1)
     assert method.family == "training"
@@ -327,8 +327,8 @@ def test_method_hparams_are_validated():
 
 
 def test_search_c_bisects_towards_the_target():
-    from prunelab.methods.grda import search_c
-    from prunelab.training import TrainConfig
+    from prunelab.methods.grda.method import search_c
+    from prunelab.training.loop import TrainConfig
 
     result = search_c(lambda: TinyNet(seed=0), _tiny_data(), mu=0.6, target_sparsity=0.5,
                       config=TrainConfig(lr=0.1, batch_size=32), epochs=1, iterations=6, tolerance=0.05)
@@ -348,7 +348,7 @@ def test_search_c_bisects_towards_the_target():
 
 
 def test_interpolation_is_exact_at_the_ends_and_linear_in_between():
-    from prunelab.valley import interpolate_state
+    from prunelab.reproductions.chao.valley import interpolate_state
 
     a, b = TinyNet(seed=0), TinyNet(seed=1)
     b.norm.running_mean.fill_(2.0)
@@ -365,8 +365,8 @@ def test_interpolation_is_exact_at_the_ends_and_linear_in_between():
 
 
 def test_valley_barrier_and_plot(tmp_path):
-    from prunelab.training import evaluate
-    from prunelab.valley import alphas_grid, barrier, plot_valley, valley
+    from prunelab.training.loop import evaluate
+    from prunelab.reproductions.chao.valley import alphas_grid, barrier, plot_valley, valley
 
     dataset = _tiny_data()
     a, b = TinyNet(seed=0).eval(), TinyNet(seed=1).eval()
@@ -389,8 +389,8 @@ def test_valley_barrier_and_plot(tmp_path):
 
 
 def test_cli_grda_train_and_study_valley(tmp_path, capsys):
-    from prunelab.checkpoints import load_checkpoint
-    from prunelab.cli import main
+    from prunelab.core.checkpoints import load_checkpoint
+    from prunelab.cli.main import main
 
     common = ["--dataset", "synthetic", "--val-size", "0.1", "--model", "mlp", "--epochs", "1", "--lr", "0.1",
               "--quiet"]

@@ -9,9 +9,9 @@ import torch
 import prunelab
 from prunelab import data as pdata
 from prunelab import methods, models
-from prunelab.checkpoints import load_checkpoint
+from prunelab.core.checkpoints import load_checkpoint
 from prunelab.errors import ConfigError
-from prunelab.masks import Masks
+from prunelab.core.masks import Masks
 from prunelab.methods.base import MethodContext
 from prunelab.methods.iterative import (
     FixedFractionHparams,
@@ -25,8 +25,8 @@ from prunelab.methods.iterative import (
     sap_prune_count,
     sap_retained,
 )
-from prunelab.pqi import pq_index_model
-from prunelab.training import Callback, TrainConfig
+from prunelab.core.pqi import pq_index_model
+from prunelab.training.loop import Callback, TrainConfig
 
 FAST = TrainConfig(epochs=1, batch_size=250, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
                    weight_decay=5e-4, schedule="cosine", clip_grad_norm=1.0)
@@ -379,7 +379,7 @@ def test_registered_methods_run_through_the_harness_contract(digits):
 def test_cli_iterate_then_pqi(tmp_path, capsys):
     import json
 
-    from prunelab.cli import main
+    from prunelab.cli.main import main
 
     out = tmp_path / "lt"
     rc = main(["iterate", "--schedule", "lt", "--dataset", "digits", "--val-size", "0.1", "--model", "mlp",

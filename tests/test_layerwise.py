@@ -1,4 +1,4 @@
-"""Layer-wise capture, im2col and the layer-wise driver (prunelab.layerwise)."""
+"""Layer-wise capture, im2col and the layer-wise driver (prunelab.methods.layerwise.driver)."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from torch import nn
 import prunelab
 from prunelab.data import Split
 from prunelab.errors import ConfigError, MethodError
-from prunelab.layerwise import (
+from prunelab.methods.layerwise.driver import (
     capture, default_layers, im2col, keep_count, output_rows, prune_layers, top_k_mask,
     weight_matrix,
 )
@@ -178,7 +178,7 @@ def test_layers_without_bias_are_pruned_without_inventing_one(method, hparams):
 
 
 def test_conv_with_many_positions_is_pruned_on_its_patches():
-    from prunelab.methods.lobs import lobs_prune_layer
+    from prunelab.methods.layerwise.lobs import lobs_prune_layer
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),

@@ -7,7 +7,7 @@ from torch import nn
 import prunelab
 from prunelab.data import Split
 from prunelab.errors import ConfigError, MethodError
-from prunelab.methods.lobs import lobs_hessian, lobs_prune_layer
+from prunelab.methods.layerwise.lobs import lobs_hessian, lobs_prune_layer
 
 
 def _identity_covariance_inputs(n=64, d=16):

@@ -30,7 +30,7 @@ from prunelab.methods.ltp import (
     soft_mask,
     temperature_of,
 )
-from prunelab.training import TrainConfig, evaluate, train
+from prunelab.training.loop import TrainConfig, evaluate, train
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ from torch.nn.utils import prune as nn_prune
 
 import prunelab
 from prunelab.errors import ConfigError, MethodError
-from prunelab.masks import Masks
+from prunelab.core.masks import Masks
 from prunelab.methods.magnitude import select_smallest
 
 

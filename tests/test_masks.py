@@ -9,8 +9,8 @@ from torch.nn.utils import prune as nn_prune
 
 import prunelab
 from prunelab.errors import CheckpointError, MaskError
-from prunelab.masks import Masks, prunable_parameters
-from prunelab.training import TrainConfig, train
+from prunelab.core.masks import Masks, prunable_parameters
+from prunelab.training.loop import TrainConfig, train
 
 
 def test_prunable_parameters_are_linear_and_conv_weights(tiny_net):

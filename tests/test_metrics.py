@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import prunelab
-from prunelab.metrics import count_flops, summary
+from prunelab.core.metrics import count_flops, summary
 
 
 def test_flops_of_a_small_model_equal_a_hand_count(tiny_net):

@@ -7,7 +7,7 @@ from torch import nn
 import prunelab
 from prunelab.data import Split
 from prunelab.errors import ConfigError
-from prunelab.methods.nettrim import nettrim_constraints, nettrim_solve
+from prunelab.methods.layerwise.nettrim import nettrim_constraints, nettrim_solve
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_nettrim_rejects_bad_input(layer):
 
 
 def test_least_squares_refit_recovers_the_true_weights_on_their_support(layer):
-    from prunelab.methods.nettrim import least_squares_refit
+    from prunelab.methods.layerwise.nettrim import least_squares_refit
 
     X, W, b, outputs = layer
     weight, bias = least_squares_refit(X, outputs, W != 0)

@@ -9,7 +9,7 @@ from torch import nn
 
 import prunelab
 from prunelab.errors import ConfigError, MaskError
-from prunelab.pqi import (
+from prunelab.core.pqi import (
     P_GRID,
     Q_GRID,
     gini_index,
@@ -259,9 +259,9 @@ def test_model_grid_and_errors(net_and_masks):
 
 
 def test_reexported_from_metrics():
-    assert prunelab.metrics.pq_index is pq_index
-    assert prunelab.metrics.pq_index_model is pq_index_model
-    assert prunelab.metrics.gini_index is gini_index
+    assert prunelab.core.metrics.pq_index is pq_index
+    assert prunelab.core.metrics.pq_index_model is pq_index_model
+    assert prunelab.core.metrics.gini_index is gini_index
 
 
 # -- Gini ------------------------------------------------------------------------------------------

@@ -5,11 +5,11 @@ import re
 
 import pytest
 
-from prunelab.cli import main
+from prunelab.cli.main import main
 from prunelab.errors import ConfigError
-from prunelab.experiment import RunResult, RunSpec
-from prunelab.report import text_table, write_report
-from prunelab.store import Store
+from prunelab.harness.runner import RunResult, RunSpec
+from prunelab.harness.report import text_table, write_report
+from prunelab.harness.store import Store
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -127,7 +127,7 @@ def test_bench_end_to_end(tmp_path, capsys):
 def test_models_built_with_different_arguments_get_separate_tables():
     import dataclasses
 
-    from prunelab.report import group_results
+    from prunelab.harness.report import group_results
 
     plain = _result("magnitude", 0.5, 0, 0.8)
     narrow = dataclasses.replace(plain, spec=dataclasses.replace(plain.spec, model_kwargs={"hidden": [8], "bias": False}))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from prunelab.errors import ConfigError
-from prunelab.experiment import RunResult, RunSpec, sweep
-from prunelab.store import Store
+from prunelab.harness.runner import RunResult, RunSpec, sweep
+from prunelab.harness.store import Store
 
 
 def _result(target=0.5, seed=0, traces=None, top1=0.8):
@@ -90,7 +90,7 @@ def test_suites_are_remembered(tmp_path):
 
 
 SPECS = textwrap.dedent("""
-    from prunelab.experiment import RunSpec
+    from prunelab.harness.runner import RunSpec
 
     data = {"in_shape": [1, 8, 8], "n_train": 200, "n_test": 100, "val_size": 0.2}
     specs = [RunSpec("synthetic", "mlp", method, target, seed=seed, data_kwargs=data, model_kwargs={"hidden": [16, 8]},
@@ -104,8 +104,8 @@ SWEEP = SPECS + textwrap.dedent("""
     import sys, time
     import torch
     torch.set_num_threads(1)
-    from prunelab.experiment import sweep
-    from prunelab.store import Store
+    from prunelab.harness.runner import sweep
+    from prunelab.harness.store import Store
 
     with Store(sys.argv[1]) as store:
         def start(i, n, spec):

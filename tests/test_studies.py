@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from prunelab import data as data_module
-from prunelab import models, studies
-from prunelab.cli import build_parser, main
-from prunelab.cli_studies import study_subparsers
+from prunelab import models
+from prunelab.reproductions.pitas import studies
+from prunelab.cli.main import build_parser, main
+from prunelab.cli.studies import study_subparsers
 from prunelab.data import Split
 from prunelab.errors import ConfigError, PrunelabError
-from prunelab.intrinsic_dim import fit_pca, knn_distances, levina_bickel
-from prunelab.masks import prunable_parameters
-from prunelab.training import evaluate
+from prunelab.reproductions.pitas.intrinsic_dim import fit_pca, knn_distances, levina_bickel
+from prunelab.core.masks import prunable_parameters
+from prunelab.training.loop import evaluate
 
 SMOKE = studies.StudyBudget(seeds=(0, 1), epochs=1, train_limit=200, eval_samples=100, sparsities=(0.0, 0.5, 0.9))
 
@@ -389,8 +390,8 @@ def test_run_pitas_studies_writes_both_studies(tmp_path, monkeypatch):
 def test_bench_pitas_studies_writes_a_self_contained_report(tmp_path, monkeypatch, capsys):
     import base64
 
-    from prunelab import studies
-    from prunelab.cli import main
+    from prunelab.reproductions.pitas import studies
+    from prunelab.cli.main import main
 
     png = tmp_path / "fig.png"
     png.write_bytes(base64.b64decode(

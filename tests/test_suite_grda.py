@@ -3,10 +3,10 @@
 import pytest
 
 from prunelab.errors import ConfigError
-from prunelab.experiment import sweep, validate_all
-from prunelab.store import Store
-from prunelab.suite_grda import FULL, MUS, build
-from prunelab.suites import get_suite, list_suites
+from prunelab.harness.runner import sweep, validate_all
+from prunelab.harness.store import Store
+from prunelab.reproductions.chao.suite import FULL, MUS, build
+from prunelab.harness.suites import get_suite, list_suites
 
 DATA = {"in_shape": [1, 8, 8], "n_train": 256, "n_test": 64, "val_size": 0.25}
 

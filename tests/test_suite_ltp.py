@@ -6,9 +6,9 @@ import json
 import pytest
 
 from prunelab.errors import ConfigError
-from prunelab.experiment import RunResult, RunSpec, validate_all
-from prunelab.store import Store
-from prunelab.suite_ltp import (
+from prunelab.harness.runner import RunResult, RunSpec, validate_all
+from prunelab.harness.store import Store
+from prunelab.reproductions.azarian.suite import (
     BN_STUDY,
     PLANS,
     TARGETS,
@@ -18,7 +18,7 @@ from prunelab.suite_ltp import (
     main,
     write_ltp_results,
 )
-from prunelab.suites import get_suite
+from prunelab.harness.suites import get_suite
 
 
 def test_ltp_suite_shape_and_validity():
@@ -195,7 +195,7 @@ def test_writer_writes_report_figures_and_json(fake_store, tmp_path, monkeypatch
     assert "Seeds 0, 1 at 40× (each seed its own dense model)" in report
     assert "mean over seeds 0, 1: -1.00, seed 0: -0.80 points (needs ≥ -1.0 on the mean): **holds**" in report
     # the default destination is the store's own directory (figures already checked: skip drawing)
-    monkeypatch.setattr("prunelab.suite_ltp.draw_figures", lambda collected, fig_dir: [])
+    monkeypatch.setattr("prunelab.reproductions.azarian.suite.draw_figures", lambda collected, fig_dir: [])
     paths = write_ltp_results(fake_store)
     assert paths["report"] == fake_store / "report.md" and paths["report"].is_file()
 

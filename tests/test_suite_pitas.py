@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from prunelab.errors import ConfigError
-from prunelab.experiment import RunResult, RunSpec, validate_all
-from prunelab.store import Store
-from prunelab.suite_pitas import (
+from prunelab.harness.runner import RunResult, RunSpec, validate_all
+from prunelab.harness.store import Store
+from prunelab.reproductions.pitas.suite import (
     GAPS,
     METHODS,
     MODELS,
@@ -22,7 +22,7 @@ from prunelab.suite_pitas import (
     time_to_target,
     write_pitas_report,
 )
-from prunelab.suites import get_suite, list_suites
+from prunelab.harness.suites import get_suite, list_suites
 
 
 def test_registered_suite_builds_the_specs():
@@ -59,7 +59,7 @@ def test_one_line_adds_a_method_and_the_retrain_target_is_always_run():
 
 
 def test_suite_module_is_cheap_to_import():
-    code = "import sys, prunelab.suite_pitas; print('matplotlib' in sys.modules)"
+    code = "import sys, prunelab.reproductions.pitas.suite; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -176,7 +176,7 @@ def test_report_has_the_three_sections(tmp_path, fake_results):
 
 
 def test_bench_and_report_commands_write_the_suite_report(tmp_path, fake_results):
-    from prunelab.report import write_report
+    from prunelab.harness.report import write_report
 
     with Store(tmp_path) as store:
         for r in fake_results:

@@ -7,10 +7,10 @@ import pytest
 
 from prunelab import data as pdata
 from prunelab.errors import ConfigError
-from prunelab.experiment import RunSpec, run, validate_all
+from prunelab.harness.runner import RunSpec, run, validate_all
 from prunelab.methods.iterative import keep_count, paper_train_config
-from prunelab.store import Store
-from prunelab.suite_pqi import (
+from prunelab.harness.store import Store
+from prunelab.reproductions.diao.suite import (
     EPOCHS,
     ROUNDS,
     SCHEDULES,
@@ -21,8 +21,8 @@ from prunelab.suite_pqi import (
     swings,
     write_pqi_results,
 )
-from prunelab.suites import get_suite, list_suites
-from prunelab.training import TrainConfig
+from prunelab.harness.suites import get_suite, list_suites
+from prunelab.training.loop import TrainConfig
 
 GLOBAL = ["OS-0.2", "LT-0.2", "SAP(0.5,1)", "SAP(1,2)"]
 

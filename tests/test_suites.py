@@ -6,13 +6,13 @@ from dataclasses import dataclass
 import pytest
 
 import prunelab.methods as methods
-from prunelab import suites
-from prunelab.cli import main
+from prunelab.harness import suites
+from prunelab.cli.main import main
 from prunelab.errors import ConfigError
-from prunelab.experiment import validate_all
-from prunelab.masks import Masks
+from prunelab.harness.runner import validate_all
+from prunelab.core.masks import Masks
 from prunelab.methods.base import OneShotMethod
-from prunelab.suites import TARGETS, get_suite, load_suite_file, method_entries
+from prunelab.harness.suites import TARGETS, get_suite, load_suite_file, method_entries
 
 
 def test_targets_are_the_protocol_operating_points():
@@ -196,7 +196,7 @@ def test_bench_unreadable_suite_file(tmp_path, capsys):
 
 
 def test_bench_default_falls_back_to_digits(tmp_path, capsys, monkeypatch):
-    import prunelab.cli_bench as cli_bench
+    import prunelab.cli.bench as cli_bench
 
     monkeypatch.setattr(cli_bench, "_fashion_mnist_problem", lambda data_dir: "no files found")
     status, out, err = _bench(tmp_path, capsys, "--dry-run")

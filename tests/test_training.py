@@ -6,7 +6,7 @@ from torch import nn
 
 import prunelab
 from prunelab.errors import ConfigError
-from prunelab.training import Callback, TrainConfig, evaluate, lr_factor_fn, train
+from prunelab.training.loop import Callback, TrainConfig, evaluate, lr_factor_fn, train
 
 
 def test_training_learns_and_is_deterministic(tiny_net, tiny_data):

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import errors, masks, metrics
-from .errors import PrunelabError
-from .masks import Masks, prunable_parameters
-from .training import Callback, TrainConfig, evaluate, train
-from .checkpoints import load_checkpoint, save_checkpoint
-from . import data, models, methods, export  # noqa: E402
-from .api import prune  # noqa: E402
+from prunelab import errors
+from prunelab.core import masks, metrics
+from prunelab.errors import PrunelabError
+from prunelab.core.masks import Masks, prunable_parameters
+from prunelab.training.loop import Callback, TrainConfig, evaluate, train
+from prunelab.core.checkpoints import load_checkpoint, save_checkpoint
+from prunelab import data, models, methods, export  # noqa: E402
+from prunelab.api import prune  # noqa: E402
 
 __all__ = [
     "PrunelabError", "Masks", "prunable_parameters", "TrainConfig", "Callback", "train", "evaluate",

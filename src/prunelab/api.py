@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import methods
-from .errors import MethodError
-from .masks import Masks
+from prunelab import methods
+from prunelab.errors import MethodError
+from prunelab.core.masks import Masks
 
 
 def prune(model: nn.Module, method: str = "magnitude", sparsity: float = 0.5, masks: Masks | None = None,

@@ -3,7 +3,7 @@
 Each call appends one JSON object per run (one line) to ``--out``; ``summarize.py`` turns the
 lines into the tables and figures of this directory.
 
-* ``grda``: train from the seeded init with :func:`prunelab.methods.grda.train_grda` for every
+* ``grda``: train from the seeded init with :func:`prunelab.methods.grda.method.train_grda` for every
   ``(c, mu)`` given (``c = 0`` is plain SGD without momentum on the same schedule). Records the
   per-epoch trace, final validation and test top-1, both sparsities; ``--save`` writes
   checkpoints (for ``prunelab study valley``).
@@ -32,10 +32,10 @@ import torch
 
 from prunelab import data as pdata
 from prunelab import methods, models
-from prunelab.checkpoints import save_checkpoint
-from prunelab.masks import Masks
-from prunelab.methods.grda import cifar_schedule, train_grda, zero_fractions
-from prunelab.training import TrainConfig, evaluate, train
+from prunelab.core.checkpoints import save_checkpoint
+from prunelab.core.masks import Masks
+from prunelab.methods.grda.method import cifar_schedule, train_grda, zero_fractions
+from prunelab.training.loop import TrainConfig, evaluate, train
 
 
 def make_model(args, data) -> torch.nn.Module:

@@ -16,12 +16,12 @@ Example:
     >>> save_sparse("model.sparse.safetensors", model)
 """
 
-from .convert import sparse_layers, to_sparse
-from .modules import SparseConv2d, SparseLinear
-from .onnx_export import check_onnx, export_onnx, onnxruntime_session
-from .permanent import make_permanent, plain_copy
-from .storage import load_sparse, save_sparse, storage_sizes
-from .timing import interleaved
+from prunelab.export.convert import sparse_layers, to_sparse
+from prunelab.export.modules import SparseConv2d, SparseLinear
+from prunelab.export.onnx_export import check_onnx, export_onnx, onnxruntime_session
+from prunelab.export.permanent import make_permanent, plain_copy
+from prunelab.export.storage import load_sparse, save_sparse, storage_sizes
+from prunelab.export.timing import interleaved
 
 __all__ = [
     "make_permanent", "plain_copy", "to_sparse", "sparse_layers", "SparseLinear", "SparseConv2d",

@@ -7,10 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from . import native, timing
-from .modules import SparseConv2d, SparseLinear, conv_supported
-from .permanent import plain_copy
+from prunelab.errors import ConfigError
+from prunelab.export import native, timing
+from prunelab.export.modules import SparseConv2d, SparseLinear, conv_supported
+from prunelab.export.permanent import plain_copy
 
 __all__ = ["to_sparse", "sparse_layers"]
 

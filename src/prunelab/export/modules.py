@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from . import native
+from prunelab.errors import ConfigError
+from prunelab.export import native
 
 __all__ = ["SparseLinear", "SparseConv2d", "conv_supported", "BACKENDS"]
 

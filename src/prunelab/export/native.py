@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch  # noqa: F401  (loaded first: its libgomp then also serves the kernel's OpenMP)
 
-from ._csrc import C_SOURCE
+from prunelab.export._csrc import C_SOURCE
 
 __all__ = ["load", "get", "status", "reset", "DESCRIPTOR_FIELDS"]
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .modules import SparseConv2d, SparseLinear
-from .permanent import plain_copy
+from prunelab.errors import ConfigError
+from prunelab.export.modules import SparseConv2d, SparseLinear
+from prunelab.export.permanent import plain_copy
 
 __all__ = ["export_onnx", "onnxruntime_session", "check_onnx"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..errors import MaskError
+from prunelab.errors import MaskError
 
 __all__ = ["make_permanent", "plain_copy"]
 
@@ -77,7 +77,7 @@ def make_permanent(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = 
                 raise MaskError(f"mask {name!r} has shape {tuple(mask.shape)} but the parameter has {tuple(params[name].shape)}")
         for name, mask in masks.items():
             params[name].masked_fill_(~mask.to(device=params[name].device, dtype=torch.bool), 0.0)
-    from ..masks import prunable_parameters
+    from prunelab.core.masks import prunable_parameters
 
     touched = set(masks or ()) | set(prunable_parameters(model))
     for name in touched:

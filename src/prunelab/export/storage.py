@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, PrunelabError
+from prunelab.errors import CheckpointError, PrunelabError
 
 __all__ = ["save_sparse", "load_sparse", "storage_sizes", "FORMAT"]
 
@@ -246,7 +246,7 @@ def save_sparse(path, model: nn.Module, masks: Mapping[str, torch.Tensor] | None
     """
     from safetensors.torch import save_file
 
-    from ..masks import Masks
+    from prunelab.core.masks import Masks
 
     tensors: dict[str, torch.Tensor] = {}
     entries = {key: _encode(key, t, tensors) for key, t in _state(model).items()}
@@ -308,14 +308,14 @@ def load_sparse(path, model: nn.Module | None = None):
             stored config.
 
     Returns:
-        A :class:`prunelab.checkpoints.Checkpoint` ``(model, masks or None, meta)``; ``meta`` is
+        A :class:`prunelab.core.checkpoints.Checkpoint` ``(model, masks or None, meta)``; ``meta`` is
         the stored document (``meta["meta"]`` holds what was passed to :func:`save_sparse`).
 
     Raises:
         CheckpointError: missing, damaged or foreign file, or one that does not fit ``model``.
     """
-    from ..checkpoints import Checkpoint
-    from ..masks import Masks
+    from prunelab.core.checkpoints import Checkpoint
+    from prunelab.core.masks import Masks
 
     path = Path(path)
     tensors, document = _read(path)
@@ -323,7 +323,7 @@ def load_sparse(path, model: nn.Module | None = None):
         cfg = document.get("model")
         if not cfg:
             raise CheckpointError(f"{path}: no model config stored; pass the model to load into")
-        from .. import models
+        from prunelab import models
 
         try:
             model = models.create(cfg["name"], tuple(cfg["in_shape"]), cfg["num_classes"], **cfg.get("kwargs", {}))

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import MethodError
-from .base import (
+from prunelab.errors import MethodError
+from prunelab.methods.base import (
     FAMILIES,
     IterativeMethod,
     Method,
@@ -112,13 +112,10 @@ def _attribute_docs(doc: str | None) -> dict[str, str]:
     return docs
 
 
-# Each module registers itself on import; a module still missing is simply not registered.
-for _module in ("magnitude", "hard_threshold", "feta", "nettrim", "lobs", "iterative", "ltp", "gmp", "grda"):
-    try:
-        importlib.import_module(f"{__name__}.{_module}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"{__name__}.{_module}":
-            raise
+# Each module registers itself on import; one that fails to import is an error, never a silent skip.
+for _module in ("magnitude", "hard_threshold", "layerwise.feta", "layerwise.nettrim", "layerwise.lobs",
+                "iterative", "ltp", "gmp", "grda.method"):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
     "register", "get", "create", "list", "list_methods", "hparam_docs", "Method", "OneShotMethod",

@@ -19,8 +19,8 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..masks import Masks
+from prunelab.errors import ConfigError
+from prunelab.core.masks import Masks
 
 FAMILIES = ("oneshot", "iterative", "training")
 

@@ -27,12 +27,12 @@ from typing import Callable
 
 import torch
 
-from ..errors import ConfigError, MethodError
-from ..masks import Masks
-from ..training import Callback, train
-from . import register
-from .base import MethodContext, MethodOutcome, TrainingMethod, check_sparsity
-from .magnitude import SCOPES, MagnitudePruning
+from prunelab.errors import ConfigError, MethodError
+from prunelab.core.masks import Masks
+from prunelab.training.loop import Callback, train
+from prunelab.methods import register
+from prunelab.methods.base import MethodContext, MethodOutcome, TrainingMethod, check_sparsity
+from prunelab.methods.magnitude import SCOPES, MagnitudePruning
 
 STARTS = ("dense", "init")
 AUTO_EVENTS = 20  # pruning events when ``frequency`` is None

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
-from ..layerwise import as_layer_names, default_layers, keep_count, top_k_mask
-from ..masks import Masks
-from . import register
-from .base import OneShotMethod, check_sparsity
+from prunelab.errors import ConfigError
+from prunelab.methods.layerwise.driver import as_layer_names, default_layers, keep_count, top_k_mask
+from prunelab.core.masks import Masks
+from prunelab.methods import register
+from prunelab.methods.base import OneShotMethod, check_sparsity
 
 
 def histogram_threshold(magnitudes: torch.Tensor, sparsity: float, bins: int = 100) -> float:

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MaskError
-from ..masks import Masks, prunable_parameters
-from . import register
-from .base import OneShotMethod, check_sparsity
+from prunelab.errors import ConfigError, MaskError
+from prunelab.core.masks import Masks, prunable_parameters
+from prunelab.methods import register
+from prunelab.methods.base import OneShotMethod, check_sparsity
 
 SCOPES = ("global", "layer")
 

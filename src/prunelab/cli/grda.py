@@ -1,0 +1,207 @@
+"""CLI of the gRDA area: ``prunelab grda train|search`` and ``prunelab study valley``.
+
+- ``grda train`` trains a model from its seeded initialisation with gRDA and saves a checkpoint
+  whose masks are the non-zero pattern; ``--c 0`` is plain SGD without momentum on the same
+  schedule (the paper's baseline), so two calls with one ``--seed`` give the pair the valley
+  check compares.
+- ``grda search`` bisects c for a target sparsity at a fixed μ in short runs.
+- ``study valley A B`` evaluates loss and accuracy on the straight line between two checkpoints
+  and writes a plot (and optionally JSON).
+
+Under ``torchrun`` every rank runs the command (gRDA training is data-parallel) and rank 0 alone
+writes the checkpoint, the plot and the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from prunelab.training import distributed
+from prunelab.cli.main import add_data_args, load_data
+from prunelab.errors import ConfigError
+
+
+def _nested(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """The sub-command group ``name`` (``prunelab NAME ...``), created on first use.
+
+    Several ``cli_*`` modules add commands under one group (``study``): whoever comes first
+    creates it, later ones find its sub-parsers action and add to it.
+    """
+    parser = sub.choices.get(name)
+    if parser is None:
+        parser = sub.add_parser(name, help=help_text)
+        return parser.add_subparsers(dest=f"{name}_command", parser_class=type(parser), metavar="COMMAND")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise ConfigError(f"internal: command {name!r} exists but has no sub-commands")
+
+
+def _add_grda_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mu", type=float, default=0.55, help="time exponent μ (0.5 < μ < 1; default 0.55)")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate (the SGD-without-momentum rate)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threshold-all", action="store_true",
+                   help="threshold biases and norm parameters too (the official code does)")
+    p.add_argument("--model", default="lenet5", help="model name (see `prunelab info`)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the batch order")
+
+
+def _factory(args, data):
+    import torch
+
+    from prunelab import models
+
+    def make():
+        torch.manual_seed(args.seed)   # as `prunelab train`: same seed, same initialisation
+        return models.create(args.model, data.in_shape, data.num_classes)
+
+    return make
+
+
+def cmd_grda_train(args) -> int:
+    from prunelab.core.checkpoints import save_checkpoint
+    from prunelab.core.masks import Masks
+    from prunelab.methods.grda.method import train_grda
+    from prunelab.training.loop import TrainConfig, evaluate
+
+    data = load_data(args)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=args.lr,
+                         momentum=0.0, seed=args.seed)
+    model = _factory(args, data)()
+    t0 = time.perf_counter()
+    records, _ = train_grda(model, data, config, args.c, args.mu, schedule=args.schedule,
+                            threshold_all=args.threshold_all, log=None if args.quiet else print)
+    seconds = time.perf_counter() - t0
+    test = evaluate(model, data.test)
+    masks = Masks.from_nonzero(model)
+    final = records[-1] if records else {}
+    print(f"test top-1 {test['top1']:.2%}; sparsity {masks.sparsity():.4f} of prunable weights"
+          f" ({final.get('sparsity_all', 0.0):.4f} of all parameters); {seconds:.1f}s")
+    extra = {"dataset": args.dataset, "normalize": args.normalize, "val_size": args.val_size,
+             "train": config.to_dict(),
+             "grda": {"c": args.c, "mu": args.mu, "schedule": args.schedule, "threshold_all": args.threshold_all},
+             "history": records}
+    if distributed.is_main():
+        out = save_checkpoint(args.out, model, masks, metrics={"test": test, "train_seconds": seconds}, extra=extra)
+        print(f"saved {out}")
+    return 0
+
+
+def cmd_grda_search(args) -> int:
+    from prunelab.methods.grda.method import search_c
+    from prunelab.training.loop import TrainConfig
+
+    data = load_data(args)
+    config = TrainConfig(batch_size=args.batch_size, lr=args.lr, momentum=0.0, seed=args.seed)
+    result = search_c(_factory(args, data), data, args.mu, args.target, config, epochs=args.epochs,
+                      c_low=args.c_low, c_high=args.c_high, iterations=args.iterations,
+                      tolerance=args.tolerance, threshold_all=args.threshold_all,
+                      log=None if args.quiet else print)
+    print(json.dumps({"mu": args.mu, "target": args.target, "epochs": args.epochs, **result}))
+    return 0
+
+
+def cmd_valley(args) -> int:
+    from prunelab.core.checkpoints import load_checkpoint
+    from prunelab.data import Split
+    from prunelab.reproductions.chao.valley import alphas_grid, barrier, plot_valley, valley
+
+    a, b = load_checkpoint(args.a), load_checkpoint(args.b)
+    if a.meta.get("model") != b.meta.get("model"):
+        raise ConfigError(f"{args.a} and {args.b} hold different models "
+                          f"({a.meta.get('model')} vs {b.meta.get('model')}); the line needs one architecture")
+    if args.dataset is None:   # the data set (and its preparation) the checkpoint was trained on
+        extra = a.meta.get("extra", {})
+        args.dataset = extra.get("dataset")
+        if not args.dataset:
+            raise ConfigError(f"{args.a} does not say which data set it was trained on; pass --dataset")
+        args.normalize = extra.get("normalize", args.normalize)
+        args.val_size = extra.get("val_size", args.val_size)
+    data = load_data(args)
+    names = [s.strip() for s in args.splits.split(",") if s.strip()]
+    unknown = [s for s in names if s not in ("train", "val", "test")]
+    if unknown or not names:
+        raise ConfigError(f"--splits takes a comma list of train, val, test; got {args.splits!r}")
+    if args.max_samples is not None and args.max_samples < 1:
+        raise ConfigError(f"--max-samples must be >= 1, got {args.max_samples}")
+
+    def cap(split):
+        if args.max_samples is None:
+            return split
+        return Split(split.x[: args.max_samples], split.y[: args.max_samples])
+
+    splits = {name: cap(getattr(data, name)) for name in names}
+    results = valley(a.model, b.model, splits, alphas_grid(args.points, args.extend),
+                     bn_data=cap(data.train) if args.bn_reset else None)
+    print(f"{'alpha':>7} " + " ".join(f"{n + ' loss':>11} {n + ' top1':>10}" for n in names))
+    for r in results:
+        print(f"{r['alpha']:>7.3f} " + " ".join(f"{r[n + '_loss']:>11.4f} {r[n + '_top1']:>10.2%}" for n in names))
+    barriers = {}
+    if any(r["alpha"] == 0.0 for r in results) and any(r["alpha"] == 1.0 for r in results):
+        barriers = {n: barrier(results, f"{n}_loss") for n in names}
+        print("loss barrier (max rise above the chord, α in [0, 1]): "
+              + ", ".join(f"{n} {v:.4f}" for n, v in barriers.items()))
+    if not distributed.is_main():
+        return 0   # rank 0 writes the plot and the JSON
+    out = plot_valley(results, args.plot, title=args.title or f"{args.a} → {args.b}",
+                      labels=(args.label_a, args.label_b))
+    print(f"saved {out}")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"a": args.a, "b": args.b, "results": results, "barrier": barriers}, indent=1))
+        os.replace(tmp, path)   # never a half-written file
+        print(f"saved {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``grda train``, ``grda search`` and ``study valley`` to the ``prunelab`` parser."""
+    grda = _nested(sub, "grda", "train with the gRDA optimizer (directional pruning) or search its c")
+
+    p = grda.add_parser("train", help="train from the seeded init with gRDA, save a checkpoint (--c 0: plain SGD)")
+    add_data_args(p)
+    _add_grda_args(p)
+    p.add_argument("--c", type=float, default=0.005, help="threshold scale c (0: plain SGD without momentum)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--schedule", default="cifar", choices=("cifar", "constant"),
+                   help="cifar: lr factor 1 for 50%% of the epochs, linear to 0.01 at 90%%, then 0.01")
+    p.add_argument("--out", "-o", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=cmd_grda_train)
+
+    p = grda.add_parser("search", help="bisect c for a target sparsity at fixed mu in short runs")
+    add_data_args(p)
+    _add_grda_args(p)
+    p.add_argument("--target", type=float, required=True, help="wanted sparsity of the prunable weights, in [0, 1)")
+    p.add_argument("--epochs", type=int, default=1, help="length of each short run")
+    p.add_argument("--iterations", type=int, default=8, help="short runs at most")
+    p.add_argument("--tolerance", type=float, default=0.01, help="stop when this close to the target")
+    p.add_argument("--c-low", type=float, default=1e-5)
+    p.add_argument("--c-high", type=float, default=1.0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_grda_search)
+
+    study = _nested(sub, "study", "studies of trained networks")
+    p = study.add_parser("valley", help="loss and accuracy on the straight line between two checkpoints")
+    p.add_argument("a", help="checkpoint at α = 0 (e.g. SGD)")
+    p.add_argument("b", help="checkpoint at α = 1 (e.g. gRDA from the same init)")
+    add_data_args(p, dataset_default=None)
+    p.add_argument("--points", type=int, default=21, help="number of α values")
+    p.add_argument("--extend", type=float, default=0.0, help="go this far beyond α = 0 and α = 1")
+    p.add_argument("--splits", default="train,test", help="comma list of train, val, test")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate on the first N samples of each split")
+    p.add_argument("--bn-reset", action="store_true",
+                   help="re-estimate BatchNorm statistics on the training split at each α (default: interpolate them)")
+    p.add_argument("--plot", default="valley.png", help="PNG to write")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--title", default=None)
+    p.add_argument("--label-a", default="A")
+    p.add_argument("--label-b", default="B")
+    p.set_defaults(func=cmd_valley)

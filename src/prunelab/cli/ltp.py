@@ -1,0 +1,139 @@
+"""``prunelab ltp``: Learned Threshold Pruning of a trained checkpoint, from the command line.
+
+Runs :func:`prunelab.methods.ltp.learn_thresholds` on the checkpoint's model, prints the trail (one
+hard-masked network per epoch: compression, validation top-1, transition fraction), picks an entry
+by target compression or by a validation-accuracy floor, optionally fine-tunes it with its mask
+fixed, and saves it as a prunelab checkpoint whose metadata holds the whole trail.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from prunelab.training import distributed
+from prunelab.errors import ConfigError, MethodError
+
+
+def register(subparsers) -> None:
+    """Add the ``ltp`` sub-command."""
+    from prunelab.cli.main import add_data_args, add_train_args
+
+    p = subparsers.add_parser(
+        "ltp", help="learned threshold pruning of a checkpoint: train thresholds, print the trail, pick, fine-tune")
+    p.add_argument("checkpoint", help="a trained (dense) prunelab checkpoint")
+    add_data_args(p, dataset_default=None)
+    p.add_argument("--penalty-weight", type=float, default=3.0,
+                   help="lambda, weight of the soft-L0 density penalty (larger: sparser; default 3)")
+    p.add_argument("--temperature", type=float, default=2.0, help="T0 of T_l = T0 * Var|w_l| (default 2)")
+    p.add_argument("--threshold-lr", type=float, default=1.0, help="learning rate of the relative thresholds")
+    p.add_argument("--gradient", default="approx", choices=("approx", "exact"),
+                   help="d v / d w: the paper's Eq. 14 approximation, or exact")
+    add_train_args(p, epochs=8, optimizer="sgd", lr=0.03)
+    p.add_argument("--target-compression", type=float, default=None,
+                   help="pick the trail entry of smallest compression >= this (e.g. 40), and stop training there")
+    p.add_argument("--no-stop", action="store_true",
+                   help="with --target-compression, train the thresholds for all epochs anyway (a longer trail)")
+    p.add_argument("--exact", action="store_true",
+                   help="with --target-compression, bring the picked network to exactly that compression, as the "
+                        "benchmark harness does (prune the rest by magnitude, or lower all thresholds by one factor)")
+    p.add_argument("--check-every", type=int, default=10,
+                   help="optimizer steps between checks of the target compression (default 10)")
+    p.add_argument("--min-accuracy", type=float, default=None,
+                   help="pick the most compressed entry with validation top-1 >= this fraction (e.g. 0.89)")
+    add_train_args(p, prefix="finetune-", epochs=0, optimizer="adam", lr=3e-3)
+    p.add_argument("--trail-dir", default=None, help="also save every trail network there as a checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the trail and the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--out", "-o", required=True, help="the picked (and fine-tuned) network, a checkpoint")
+    p.set_defaults(func=cmd_ltp)
+
+
+def cmd_ltp(args) -> int:
+    """Learn thresholds, print the trail, pick an entry, fine-tune it and save it."""
+    import torch
+
+    from prunelab.core.checkpoints import load_checkpoint, save_checkpoint
+    from prunelab.cli.main import _checkpoint_data, _print_eval, train_config
+    from prunelab.cli.iterate import _finite
+    from prunelab.methods.ltp import learn_thresholds, restore_at_target
+    from prunelab.core.metrics import summary
+    from prunelab.training.loop import evaluate, train
+
+    if distributed.is_active():
+        raise ConfigError("prunelab ltp runs in one process; under torchrun use `prunelab bench` with an ltp suite")
+    if args.target_compression is not None and not args.target_compression >= 1:
+        raise ConfigError(f"--target-compression must be >= 1 (e.g. 40 for 40x), got {args.target_compression}")
+    if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
+        raise ConfigError(f"--min-accuracy is a fraction in [0, 1] (e.g. 0.89), got {args.min_accuracy}")
+    if args.exact and args.target_compression is None:
+        raise ConfigError("--exact needs --target-compression")
+    if args.check_every < 1:
+        raise ConfigError(f"--check-every must be >= 1, got {args.check_every}")
+    if args.finetune_epochs < 0:
+        raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.masks is not None and ckpt.masks.kept() < ckpt.masks.total():
+        raise ConfigError(f"{args.checkpoint} is already pruned ({ckpt.masks.sparsity():.2%} sparse); "
+                          "LTP starts from a dense model")
+    data = _checkpoint_data(args, ckpt.meta)
+    if len(data.val) == 0:
+        raise ConfigError("LTP picks from its trail on the validation split, which is empty; pass --val-size")
+    torch.manual_seed(args.seed)
+    config = train_config(args)
+    model = ckpt.model
+    log = (lambda line: None) if args.quiet or args.json else print
+    stop = args.target_compression if args.target_compression is not None and not args.no_stop else None
+    t0 = time.perf_counter()
+    trail, _ = learn_thresholds(
+        model, data, config, penalty_weight=args.penalty_weight, temperature=args.temperature,
+        threshold_lr=args.threshold_lr, gradient=args.gradient, stop_at_compression=stop,
+        check_every=args.check_every, checkpoint_dir=args.trail_dir, log=log)
+    seconds = time.perf_counter() - t0
+    records = [_finite(e.record()) for e in trail]
+    if not args.json:
+        print(f"{'epoch':>5}  {'step':>6}  {'compression':>11}  {'val top-1':>9}  {'transition':>10}")
+        for e in trail:
+            print(f"{e.epoch:>5}  {e.step:>6}  {e.compression:>10.2f}x  {e.val_top1:>9.2%}  {e.transition_fraction:>10.4f}"
+                  + ("  (stopped at the target)" if e.partial else ""))
+    if args.target_compression is None and args.min_accuracy is None:
+        entry = trail[-1]
+    else:
+        try:
+            entry = trail.pick(target_compression=args.target_compression, min_accuracy=args.min_accuracy)
+        except MethodError as exc:
+            kept = f"; the trail networks are in {args.trail_dir}" if args.trail_dir else \
+                "; --trail-dir keeps every trail network"
+            raise MethodError(f"{exc}{kept}") from None
+    metrics = {"ltp_seconds": seconds, "picked_val_top1": _finite(entry.val_top1)}
+    if args.exact:
+        masks, matched = restore_at_target(model, trail, entry, 1.0 - 1.0 / args.target_compression, log=log)
+        metrics.update(matched)
+    else:
+        masks = entry.restore(model)
+    if not args.json:
+        print(f"picked epoch {entry.epoch} (step {entry.step}): {entry.compression:.2f}x, "
+              f"validation top-1 {entry.val_top1:.2%}")
+    if args.finetune_epochs > 0:
+        t1 = time.perf_counter()
+        train(model, data, train_config(args, "finetune_"), masks=masks, select_best=True,
+              progress=None if not (args.quiet or args.json) else False, label="ltp fine-tune")
+        metrics["finetune_seconds"] = time.perf_counter() - t1
+    metrics["test"] = evaluate(model, data.test)
+    s = summary(model, masks)
+    metrics.update({k: s[k] for k in ("sparsity", "compression_ratio", "theoretical_speedup") if k in s})
+    extra = dict(ckpt.meta.get("extra", {}))
+    extra["pruning"] = {"method": "ltp", "penalty_weight": args.penalty_weight, "temperature": args.temperature,
+                        "threshold_lr": args.threshold_lr, "gradient": args.gradient,
+                        "picked_epoch": entry.epoch, "picked_step": entry.step,
+                        "finetune_epochs": args.finetune_epochs, "trail": records}
+    out = save_checkpoint(args.out, model, masks, metrics=metrics, extra=extra)
+    if args.json:
+        print(json.dumps({"trail": records, "picked": next(r for r, e in zip(records, trail) if e is entry),
+                          "test_top1": metrics["test"]["top1"], "compression_ratio": s["compression_ratio"],
+                          "out": str(out)}, indent=1))
+    else:
+        _print_eval("test", metrics["test"])
+        print(f"saved {out} ({s['compression_ratio']:.2f}x, sparsity {s['sparsity']:.4f})")
+    return 0

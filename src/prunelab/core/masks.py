@@ -1,0 +1,338 @@
+"""Masks: which weights of a model are kept.
+
+A :class:`Masks` maps parameter names (as in ``model.named_parameters()``) to bool tensors of the
+parameter's shape; ``True`` means *kept*. Masks live apart from the model (as in OpenLTH, SAP and
+Distiller): no hooks, no reparametrisation, so a masked model deep-copies, pickles and loads its
+``state_dict`` like any other model. The training loop keeps sparsity fixed by re-applying the
+masks after every optimizer step and zeroing optimizer state at pruned entries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelab.errors import CheckpointError, MaskError
+
+PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def prunable_parameters(
+    model: nn.Module,
+    exclude: tuple[str, ...] | list[str] = (),
+    exclude_first: bool = False,
+    exclude_last: bool = False,
+) -> dict[str, nn.Parameter]:
+    """The weights prunelab prunes by default, in module order.
+
+    Every ``weight`` of ``nn.Linear`` and ``nn.Conv{1,2,3}d`` with more than one dimension, the
+    classifier included (as in the PQ Index paper). Biases and normalisation parameters are never
+    included.
+
+    Args:
+        model: the network.
+        exclude: parameter names (``"fc1.weight"``) or module names (``"fc1"``) to leave dense.
+        exclude_first: leave the first prunable layer dense.
+        exclude_last: leave the last prunable layer (usually the classifier) dense.
+
+    Returns:
+        An ordered dict ``name -> parameter``.
+    """
+    found: dict[str, nn.Parameter] = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES) and module.weight is not None and module.weight.dim() > 1:
+            name = f"{module_name}.weight" if module_name else "weight"
+            found[name] = module.weight
+    names = list(found)
+    known_modules = {n.rsplit(".", 1)[0] if "." in n else "" for n in names}
+    unknown = [e for e in exclude if e not in found and e not in known_modules]
+    if unknown:
+        raise MaskError(
+            f"cannot exclude {', '.join(unknown)}: not a prunable layer; prunable: {', '.join(names)}"
+        )
+    drop = set()
+    for e in exclude:
+        drop.add(e if e in found else f"{e}.weight" if e else "weight")
+    if exclude_first and names:
+        drop.add(names[0])
+    if exclude_last and names:
+        drop.add(names[-1])
+    return {n: p for n, p in found.items() if n not in drop}
+
+
+class Masks(Mapping):
+    """Parameter name -> bool tensor (``True`` = kept).
+
+    Example:
+        >>> masks = Masks.ones(model)
+        >>> masks = prunelab.prune(model, "magnitude", sparsity=0.9)
+        >>> masks.apply(model)          # zero pruned weights in place
+        >>> print(masks.report())
+    """
+
+    def __init__(self, masks: Mapping[str, torch.Tensor]):
+        self._masks: dict[str, torch.Tensor] = {}
+        for name, mask in masks.items():
+            if not isinstance(mask, torch.Tensor):
+                raise MaskError(f"mask for {name!r} is {type(mask).__name__}, expected a torch.Tensor")
+            self._masks[name] = mask.detach().to(torch.bool)
+        self._cache: dict = {}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def ones(cls, model: nn.Module, **prunable_kwargs) -> "Masks":
+        """Masks that keep every prunable weight of ``model``."""
+        params = prunable_parameters(model, **prunable_kwargs)
+        return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
+
+    @classmethod
+    def from_nonzero(cls, model: nn.Module, **prunable_kwargs) -> "Masks":
+        """Masks that keep exactly the non-zero prunable weights of ``model``."""
+        params = prunable_parameters(model, **prunable_kwargs)
+        return cls({n: p.detach() != 0 for n, p in params.items()})
+
+    # -- mapping protocol ---------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __repr__(self) -> str:
+        return f"Masks({len(self)} tensors, {self.kept()}/{self.total()} kept, sparsity {self.sparsity():.4f})"
+
+    def __getstate__(self):
+        return {"_masks": self._masks}
+
+    def __setstate__(self, state):
+        self._masks = state["_masks"]
+        self._cache = {}
+
+    # -- checks -------------------------------------------------------------------------------
+    def validate(self, model: nn.Module) -> None:
+        """Raise :class:`MaskError` unless every mask names a parameter of ``model`` of its shape."""
+        params = dict(model.named_parameters())
+        for name, mask in self._masks.items():
+            if name not in params:
+                raise MaskError(
+                    f"mask {name!r} names no parameter of the model "
+                    f"({type(model).__name__}); were the masks made for another model?"
+                )
+            if tuple(params[name].shape) != tuple(mask.shape):
+                raise MaskError(
+                    f"mask {name!r} has shape {tuple(mask.shape)} but the parameter has "
+                    f"{tuple(params[name].shape)}"
+                )
+
+    def _params(self, model: nn.Module) -> list[torch.Tensor]:
+        params = dict(model.named_parameters())
+        try:
+            return [params[n] for n in self._masks]
+        except KeyError:
+            self.validate(model)
+            raise
+
+    def _float_masks(self, like: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The masks as tensors of the parameters' dtype and device, cached (a multiply is the
+        cheapest way to zero entries, and converting every step would cost as much as it)."""
+        key = tuple((t.dtype, t.device) for t in like)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = [m.to(device=t.device, dtype=t.dtype) for m, t in zip(self._masks.values(), like)]
+            self._cache = {key: cached}
+        return cached
+
+    # -- applying -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Zero the pruned entries of ``model``'s parameters in place; returns ``model``."""
+        params = self._params(model)
+        if params:
+            torch._foreach_mul_(params, self._float_masks(params))
+        return model
+
+    @torch.no_grad()
+    def mask_grads(self, model: nn.Module) -> None:
+        """Zero the gradients at pruned entries (so optimizer state never grows there)."""
+        params = self._params(model)
+        grads = [p.grad for p in params if p.grad is not None]
+        if len(grads) == len(params) and grads:
+            torch._foreach_mul_(grads, self._float_masks(grads))
+        else:
+            for p, m in zip(params, self._float_masks(params)):
+                if p.grad is not None:
+                    p.grad.mul_(m)
+
+    @torch.no_grad()
+    def mask_optimizer_state(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+        """Zero every per-parameter optimizer state tensor (momentum, Adam moments, ...) at
+        pruned entries. State tensors of another shape (step counters) are left alone."""
+        params = self._params(model)
+        targets, masks = [], []
+        for p, m in zip(params, self._float_masks(params)):
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.is_floating_point():
+                    targets.append(value)
+                    masks.append(m if value.dtype == m.dtype else m.to(value.dtype))
+        if targets:
+            torch._foreach_mul_(targets, masks)
+
+    # -- counting -----------------------------------------------------------------------------
+    def total(self) -> int:
+        """Number of prunable weights covered by the masks."""
+        return sum(m.numel() for m in self._masks.values())
+
+    def kept(self) -> int:
+        """Number of weights kept."""
+        return sum(int(m.sum()) for m in self._masks.values())
+
+    def pruned(self) -> int:
+        """Number of weights pruned."""
+        return self.total() - self.kept()
+
+    def sparsity(self) -> float:
+        """Fraction of the covered weights that are pruned (0 when the masks cover nothing)."""
+        total = self.total()
+        return self.pruned() / total if total else 0.0
+
+    def density(self) -> float:
+        """Fraction of the covered weights that are kept."""
+        return 1.0 - self.sparsity()
+
+    def per_layer(self) -> dict[str, dict]:
+        """``name -> {"kept", "total", "sparsity"}`` for every mask."""
+        out = {}
+        for name, m in self._masks.items():
+            kept, total = int(m.sum()), m.numel()
+            out[name] = {"kept": kept, "total": total, "sparsity": 1 - kept / total if total else 0.0}
+        return out
+
+    def report(self) -> str:
+        """A plain-text table of kept/total weights and sparsity per layer and in total."""
+        rows = [(n, d["kept"], d["total"], d["sparsity"]) for n, d in self.per_layer().items()]
+        rows.append(("total (prunable weights)", self.kept(), self.total(), self.sparsity()))
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{'parameter':<{width}}  {'kept':>10}  {'total':>10}  {'sparsity':>8}"]
+        for name, kept, total, sp in rows:
+            lines.append(f"{name:<{width}}  {kept:>10}  {total:>10}  {sp:>8.2%}")
+        return "\n".join(lines)
+
+    @torch.no_grad()
+    def update_(self, other: Mapping[str, torch.Tensor]) -> "Masks":
+        """Overwrite these masks in place with ``other``'s (same names and shapes), e.g. when a
+        schedule prunes more during training; returns ``self``."""
+        if set(other) != set(self._masks):
+            raise MaskError("update_ needs masks with the same parameter names")
+        for name, mask in self._masks.items():
+            if tuple(other[name].shape) != tuple(mask.shape):
+                raise MaskError(f"update_: mask {name!r} changes shape")
+            mask.copy_(other[name].to(torch.bool))
+        self._cache = {}  # the float copies used by the training loop are stale now
+        return self
+
+    # -- algebra ------------------------------------------------------------------------------
+    def intersect(self, other: Mapping[str, torch.Tensor]) -> "Masks":
+        """Keep a weight only where both masks keep it (names missing from ``other`` keep self)."""
+        return Masks({n: m & other[n].to(torch.bool) if n in other else m for n, m in self._masks.items()})
+
+    __and__ = intersect
+
+    def clone(self) -> "Masks":
+        """An independent copy."""
+        return Masks({n: m.clone() for n, m in self._masks.items()})
+
+    def equal(self, other: Mapping[str, torch.Tensor]) -> bool:
+        """True when both have the same names and identical tensors."""
+        return set(self) == set(other) and all(torch.equal(self[n], other[n].to(torch.bool)) for n in self)
+
+    def to(self, device) -> "Masks":
+        """The masks on ``device``."""
+        return Masks({n: m.to(device) for n, m in self._masks.items()})
+
+    # -- persistence --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``name -> bool tensor`` (copies)."""
+        return {n: m.clone() for n, m in self._masks.items()}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "Masks":
+        """Inverse of :meth:`state_dict`."""
+        return cls(state)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the masks to a safetensors file (atomically: temp file, then rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tensors = {n: m.to(torch.uint8).contiguous() for n, m in self._masks.items()}
+        save_file(tensors, str(tmp), metadata={"prunelab": json.dumps({"kind": "masks", "version": 1})})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Masks":
+        """Read masks written by :meth:`save` (or the masks inside a prunelab checkpoint)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such file")
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        if any(n.startswith("mask/") for n in tensors):
+            tensors = {n[5:]: t for n, t in tensors.items() if n.startswith("mask/")}
+        return cls({n: t.to(torch.bool) for n, t in tensors.items()})
+
+    # -- torch.nn.utils.prune interop ---------------------------------------------------------
+    def to_nn_prune(self, model: nn.Module) -> nn.Module:
+        """Attach the masks with ``torch.nn.utils.prune.custom_from_mask`` (adds ``weight_orig``,
+        ``weight_mask`` and the forward pre-hook), for code that expects that API."""
+        from torch.nn.utils import prune as nn_prune
+
+        self.validate(model)
+        modules = dict(model.named_modules())
+        for name, mask in self._masks.items():
+            module_name, _, attr = name.rpartition(".")
+            nn_prune.custom_from_mask(modules[module_name], attr, mask.to(torch.float32))
+        return model
+
+    @classmethod
+    def from_nn_prune(cls, model: nn.Module, remove: bool = False) -> "Masks":
+        """Read the ``<name>_mask`` buffers that ``torch.nn.utils.prune`` attached.
+
+        Args:
+            model: a model pruned with ``torch.nn.utils.prune``.
+            remove: also call ``prune.remove`` so the model holds plain (zeroed) parameters.
+
+        Returns:
+            Masks keyed by the plain parameter names (``fc1.weight``).
+        """
+        from torch.nn.utils import prune as nn_prune
+
+        masks = {}
+        for module_name, module in model.named_modules():
+            for buffer_name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer_name.endswith("_mask"):
+                    attr = buffer_name[: -len("_mask")]
+                    key = f"{module_name}.{attr}" if module_name else attr
+                    masks[key] = buffer.detach().to(torch.bool).clone()
+                    if remove:
+                        nn_prune.remove(module, attr)
+        if not masks:
+            raise MaskError("the model has no torch.nn.utils.prune masks (no '*_mask' buffers)")
+        return cls(masks)

@@ -1,0 +1,1 @@
+"""The benchmark harness: run specs, the runner, the result store, suites and the generic report."""

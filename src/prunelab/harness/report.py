@@ -1,0 +1,601 @@
+"""Reports of a result store: a self-contained HTML page and a Markdown file.
+
+``prunelab report OUTDIR`` reads ``OUTDIR/results.sqlite`` and writes
+
+* ``OUTDIR/report.html``: tables and figures (PNG, base64 ``data:`` URIs), inline CSS, no
+  script and no external reference, so it opens offline and can be mailed as one file;
+* ``OUTDIR/report.md`` with the same tables and the figures as ``OUTDIR/figures/*.png``.
+
+For every (data set, model) pair: the results table (mean ± sample std over seeds, per method
+and target), accuracy vs compression ratio (log x, one line per method, error bars; before and
+after retraining), accuracy vs theoretical speedup, wall time per phase per method (stacked
+bars), and method traces (per round / per epoch: PQ Index, density, sparsity, accuracy ...).
+Accuracies are on the test split; the validation split, the only one used for selection, has its
+own column.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+from prunelab.errors import ConfigError
+from prunelab.harness.store import FILENAME, Store
+
+PHASE_ORDER = ("prune", "train", "retrain", "other")
+_X_KEYS = ("round", "epoch", "step", "iteration", "level")
+_PREFERRED_Y = ("pqi", "pq_index", "density", "sparsity", "compression", "compression_ratio", "val_top1", "test_top1",
+                "top1", "transition_fraction", "threshold", "tau", "train_loss")
+# Bookkeeping, not behaviour: never drawn as a trace panel.
+_SKIP_Y = ("lr", "kept", "total", "pruned", "best_epoch", "n", "partial")
+MAX_TRACE_KEYS = 4
+
+
+# --------------------------------------------------------------------------- aggregation
+
+def _mean_std(values):
+    vals = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not vals:
+        return None, None, 0
+    mean = statistics.fmean(vals)
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return mean, std, len(vals)
+
+
+def model_name(spec) -> str:
+    """The model as reports name it: its name, with its arguments when it has any
+    (``cnn(batch_norm=false, widths=[8, 16])``), so differently built models never share a table."""
+    kwargs = getattr(spec, "model_kwargs", None) or {}
+    if not kwargs:
+        return spec.model
+    return f"{spec.model}(" + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(kwargs.items())) + ")"
+
+
+def group_results(results) -> dict:
+    """``{(dataset, model name): {label: {target: [RunResult, ...]}}}``, labels in first-seen order;
+    the model name includes its arguments (:func:`model_name`)."""
+    groups: dict = {}
+    for r in results:
+        g = groups.setdefault((r.spec.dataset, model_name(r.spec)), {})
+        g.setdefault(r.label, {}).setdefault(float(r.spec.target), []).append(r)
+    for g in groups.values():
+        for by_target in g.values():
+            for runs in by_target.values():
+                runs.sort(key=lambda r: r.spec.seed)
+    return groups
+
+
+def aggregate(runs, key: str) -> tuple:
+    """``(mean, std, n)`` of ``metrics[key]`` over ``runs`` (None-s and non-finite values skipped)."""
+    return _mean_std([r.metrics.get(key) for r in runs])
+
+
+COLUMNS = (
+    # (header, metric key, kind)
+    ("sparsity", "sparsity", "pct"),
+    ("compression", "compression_ratio", "x"),
+    ("speedup", "theoretical_speedup", "x"),
+    ("pruned test top-1", "pruned_test_top1", "pct"),
+    ("final test top-1", "final_test_top1", "pct"),
+    ("final test top-5", "final_test_top5", "pct"),
+    ("final val top-1", "final_val_top1", "pct"),
+    ("prune s", "time_prune", "s"),
+    ("retrain s", "time_retrain", "s"),
+    ("method s", "time_total", "s"),
+)
+
+
+def _fmt(mean, std, n, kind) -> str:
+    if mean is None:
+        return "–"
+    if kind == "pct":
+        text = f"{100 * mean:.2f}"
+        return text + (f" ± {100 * std:.2f}" if n > 1 else "")
+    if kind == "x":
+        text = f"{mean:.2f}×"
+        return text + (f" ± {std:.2f}" if n > 1 else "")
+    text = f"{mean:.1f}" if mean >= 10 else f"{mean:.2f}"
+    return text + (f" ± {std:.2f}" if n > 1 else "")
+
+
+def table(by_label: dict, num_classes: int | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one (data set, model) results table (strings, mean ± std over seeds)."""
+    columns = [c for c in COLUMNS if not (c[1] == "final_test_top5" and (num_classes or 0) <= 5)]
+    header = ["method", "target", "seeds"] + [c[0] for c in columns]
+    rows = []
+    for label, by_target in by_label.items():
+        for target in sorted(by_target):
+            runs = by_target[target]
+            row = [label, f"{target:g}", str(len(runs))]
+            row += [_fmt(*aggregate(runs, key), kind) for _, key, kind in columns]
+            rows.append(row)
+    return header, rows
+
+
+def dense_line(by_label: dict) -> str:
+    """One sentence on the shared dense models of a group (accuracy, training time, cache)."""
+    seen = {}
+    for by_target in by_label.values():
+        for runs in by_target.values():
+            for r in runs:
+                seen.setdefault(r.spec.seed, r)
+    runs = list(seen.values())
+    test = aggregate(runs, "dense_test_top1")
+    val = aggregate(runs, "dense_val_top1")
+    secs = aggregate(runs, "time_dense_train")
+    if test[0] is None:
+        return "Dense model: no record."
+    budget = runs[0].spec.dense
+    return (f"Dense model ({len(runs)} seed{'s' if len(runs) > 1 else ''}): test top-1 {_fmt(*test, 'pct')} %, "
+            f"val top-1 {_fmt(*val, 'pct')} %, trained in {_fmt(*secs, 's')} s "
+            f"(budget {json.dumps(budget, sort_keys=True)}); trained once per seed and cached, every method "
+            "starts from it, and its time is not in the per-method times.")
+
+
+# --------------------------------------------------------------------------- figures
+
+def _figure(width=6.4, height=4.0):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _series(by_label: dict, x_key: str, y_key: str):
+    """Per label: sorted lists of (x mean, x std, y mean, y std)."""
+    out = {}
+    for label, by_target in by_label.items():
+        points = []
+        for target in sorted(by_target):
+            runs = by_target[target]
+            xm, xs, _ = aggregate(runs, x_key)
+            ym, ys, _ = aggregate(runs, y_key)
+            if xm is not None and ym is not None:
+                points.append((xm, xs, 100 * ym, 100 * ys))
+        if points:
+            out[label] = sorted(points)
+    return out
+
+
+def _log2_axis(ax):
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _dense_hline(ax, by_label):
+    runs = [r for bt in by_label.values() for rs in bt.values() for r in rs]
+    m, _, _ = aggregate(runs, "dense_test_top1")
+    if m is not None:
+        ax.axhline(100 * m, color="0.3", ls="--", lw=1, label="dense")
+
+
+def _plot_lines(ax, series):
+    for i, (label, pts) in enumerate(series.items()):
+        xs, _, ys, yerr = zip(*pts)
+        # colour cycles every 10 and marker every 8 lines: up to 40 methods stay distinguishable
+        ax.errorbar(xs, ys, yerr=yerr, marker="os^vDP*X"[i % 8], ms=4, capsize=3, lw=1.3,
+                    ls="-" if i < 10 else "--", label=label)
+
+
+def fig_accuracy_vs(by_label: dict, x_key: str, xlabel: str, title: str) -> bytes:
+    """Test top-1 against ``x_key`` (log2 x), before and after retraining when both exist."""
+    before = _series(by_label, x_key, "pruned_test_top1")
+    after = _series(by_label, x_key, "final_test_top1")
+    panels = [("after retraining (final)", after)]
+    if before:
+        panels.insert(0, ("after pruning, before retraining", before))
+    fig = _figure(5.2 * len(panels) + 2.2, 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, series) in zip(axes, panels):
+        _plot_lines(ax, series)
+        _dense_hline(ax, by_label)
+        _log2_axis(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test top-1 accuracy (%)")
+        ax.set_title(name, fontsize=10)
+    # One legend for both panels, outside them: a dozen methods would hide the curves.
+    handles, labels = axes[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def fig_phase_times(by_label: dict, title: str) -> bytes:
+    """Mean seconds per phase per method (stacked horizontal bars); dense training noted apart."""
+    labels = list(by_label)
+    phases = []
+    for by_target in by_label.values():
+        for runs in by_target.values():
+            for r in runs:
+                for p in r.phase_times:
+                    if p != "dense_train" and p not in phases:
+                        phases.append(p)
+    phases.sort(key=lambda p: (PHASE_ORDER.index(p) if p in PHASE_ORDER else len(PHASE_ORDER), p))
+    fig = _figure(7.0, 1.2 + 0.45 * len(labels))
+    ax = fig.subplots()
+    left = [0.0] * len(labels)
+    for phase in phases:
+        widths = []
+        for label in labels:
+            runs = [r for rs in by_label[label].values() for r in rs]
+            m, _, _ = _mean_std([r.phase_times.get(phase, 0.0) for r in runs])
+            widths.append(m or 0.0)
+        ax.barh(labels, widths, left=left, label=phase)
+        left = [a + b for a, b in zip(left, widths)]
+    runs = [r for bt in by_label.values() for rs in bt.values() for r in rs]
+    dense, _, _ = aggregate(runs, "time_dense_train")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per run (mean over targets and seeds)")
+    note = f"; dense training (shared, once per seed): {dense:.1f} s" if dense is not None else ""
+    ax.set_title(f"{title}{note}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def _numeric_keys(rows: list[dict]) -> list[str]:
+    keys = []
+    for row in rows:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys \
+                    and k not in _SKIP_Y and not k.startswith("seconds"):
+                keys.append(k)
+    return keys
+
+
+def trace_plan(by_label: dict) -> list[tuple[str, str, str, list[str]]]:
+    """Which method traces to draw: ``(label, trace name, x key, y keys)``.
+
+    Every trace except the harness's own ``retrain`` history (drawn by :func:`fig_retrain`).
+    """
+    plan = []
+    for label, by_target in by_label.items():
+        names = []
+        for runs in by_target.values():
+            for r in runs:
+                names += [n for n in r.traces if n not in names]
+        for name in names:
+            if name == "retrain":
+                continue
+            rows = [row for rs in by_target.values() for r in rs for row in r.traces.get(name, [])]
+            keys = _numeric_keys(rows)
+            x = next((k for k in _X_KEYS if k in keys), None)
+            ys = [k for k in _PREFERRED_Y if k in keys and k != x]
+            ys += [k for k in keys if k not in ys and k != x and k not in _X_KEYS]
+            if ys:
+                plan.append((label, name, x or "", ys[:MAX_TRACE_KEYS]))
+    return plan
+
+
+def fig_retrain(by_label: dict, title: str) -> bytes | None:
+    """Validation top-1 per retraining epoch: a panel per one-shot method, a line per target."""
+    from matplotlib.ticker import MaxNLocator
+
+    labels = [label for label, bt in by_label.items() if any(r.traces.get("retrain") for rs in bt.values() for r in rs)]
+    if not labels:
+        return None
+    cols = min(4, len(labels))
+    rows = math.ceil(len(labels) / cols)
+    fig = _figure(3.2 * cols + 0.6, 2.6 * rows + 0.6)
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax, label in zip(axes, labels):
+        for target in sorted(by_label[label]):
+            trace = by_label[label][target][0].traces.get("retrain", [])
+            pts = [(row.get("epoch", i + 1), 100 * row["val_top1"]) for i, row in enumerate(trace)
+                   if isinstance(row.get("val_top1"), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", lw=1.2, label=f"{target:g}")
+        ax.set_title(label, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("retraining epoch", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(labels):]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("val top-1 (%)")
+    axes[0].legend(fontsize=6, title="target", title_fontsize=6)
+    fig.suptitle(f"{title}: retraining with the mask fixed", fontsize=10)
+    return _png(fig)
+
+
+def fig_trace(by_label: dict, label: str, name: str, x_key: str, y_keys: list[str], title: str) -> bytes:
+    """One trace of one method: a panel per quantity, a line per target (lowest seed)."""
+    fig = _figure(3.4 * len(y_keys) + 0.8, 3.2)
+    axes = fig.subplots(1, len(y_keys), squeeze=False)[0]
+    for target in sorted(by_label[label]):
+        runs = by_label[label][target]
+        rows = runs[0].traces.get(name, [])
+        if not rows:
+            continue
+        xs = [row.get(x_key, i) if x_key else i for i, row in enumerate(rows)]
+        for ax, key in zip(axes, y_keys):
+            pts = [(x, row[key]) for x, row in zip(xs, rows) if isinstance(row.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", lw=1.2, label=f"target {target:g}")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, key in zip(axes, y_keys):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(x_key or "index")
+        ax.set_title(key, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}: {label}, trace '{name}'", fontsize=10)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- writing
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60]
+
+
+def build(store: Store) -> dict:
+    """Everything a report shows: ``{"sections": [...], "meta": {...}}`` (figures as PNG bytes)."""
+    results = store.results()
+    groups = group_results(results)
+    sections = []
+    for (dataset, model), by_label in groups.items():
+        title = f"{dataset} / {model}"
+        any_run = next(r for bt in by_label.values() for rs in bt.values() for r in rs)
+        header, rows = table(by_label, any_run.metrics.get("num_classes"))
+        figures = [
+            ("accuracy vs compression", fig_accuracy_vs(by_label, "compression_ratio",
+                                                         "compression ratio of prunable weights (log scale)", title),
+             "Test top-1 against the achieved compression ratio (prunable weights / non-zero ones); "
+             "error bars: sample std over seeds; dashed: the dense model."),
+            ("accuracy vs theoretical speedup", fig_accuracy_vs(by_label, "theoretical_speedup",
+                                                                 "theoretical speedup = FLOPs / non-zero FLOPs (log scale)", title),
+             "Test top-1 against the theoretical speedup (multiply-accumulates of Linear/Conv layers)."),
+            ("time per phase", fig_phase_times(by_label, title),
+             "Wall time per phase per method, mean over targets and seeds (dense training excluded: shared)."),
+        ]
+        retrain_png = fig_retrain(by_label, title)
+        if retrain_png is not None:
+            figures.append(("retraining curves", retrain_png,
+                            "Validation top-1 per retraining epoch (lowest seed), one line per target sparsity."))
+        for label, name, x_key, y_keys in trace_plan(by_label):
+            figures.append((f"trace {label} {name}", fig_trace(by_label, label, name, x_key, y_keys, title),
+                            f"Method trace '{name}' of {label}: one line per target (lowest seed)."))
+        sections.append({"title": title, "dense": dense_line(by_label), "header": header, "rows": rows,
+                         "figures": figures, "counted": any_run.info.get("counted", ""),
+                         "source": any_run.info.get("data_source", "")})
+    shas = sorted({str(r.info.get("git_sha")) for r in results})
+    torch_versions = sorted({str(r.info.get("torch")) for r in results})
+    failures = _failures(store.outdir)
+    meta = {"runs": len(results), "git": shas, "torch": torch_versions, "failures": failures,
+            "suites": store.suites(), "integrity": store.check()}
+    return {"sections": sections, "meta": meta}
+
+
+def _failures(outdir: Path) -> int:
+    path = Path(outdir) / "errors.log"
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.startswith("=== "))
+
+
+def _intro_lines(meta: dict) -> list[str]:
+    lines = [f"{meta['runs']} completed runs. Accuracies in %, test split unless marked val; mean ± sample std "
+             "over seeds; 'target' is the requested sparsity, 'sparsity' the achieved one (prunable weights). "
+             "Compression = prunable weights / non-zero ones; speedup = dense FLOPs / non-zero FLOPs."]
+    for name, info in meta["suites"].items():
+        text = ". ".join(t.strip().rstrip(".") for t in (info.get("description", ""), info.get("notes", "")) if t.strip())
+        lines.append(f"Suite `{name}`: {text}.")
+    lines.append(f"prunelab git {', '.join(meta['git'])}; torch {', '.join(meta['torch'])}.")
+    if meta["failures"]:
+        lines.append(f"{meta['failures']} run attempts failed; see errors.log in the output directory.")
+    if meta["integrity"]:
+        lines.append("Store integrity problems: " + "; ".join(meta["integrity"]))
+    return lines
+
+
+def render_markdown(report: dict, figure_paths: dict, title: str) -> str:
+    """The Markdown text; ``figure_paths`` maps (section index, figure index) to relative paths."""
+    out = [f"# {title}", ""]
+    out += [line + "\n" for line in _intro_lines(report["meta"])]
+    for si, sec in enumerate(report["sections"]):
+        out += [f"## {sec['title']}", "", sec["dense"], ""]
+        out.append("| " + " | ".join(sec["header"]) + " |")
+        out.append("|" + "|".join("---" if i < 1 else "--:" for i in range(len(sec["header"]))) + "|")
+        out += ["| " + " | ".join(row) + " |" for row in sec["rows"]]
+        out += ["", f"Counted: {sec['counted']}. Data: {sec['source']}.", ""]
+        for fi, (name, _, caption) in enumerate(sec["figures"]):
+            out += [f"![{name}]({figure_paths[(si, fi)]})", "", f"*{caption}*", ""]
+    return "\n".join(out)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.85em;margin:1em 0}th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#fafafa}
+figure{margin:1.2em 0}figcaption{font-size:.85em;color:#555}img{max-width:100%;height:auto}p.small{font-size:.85em;color:#555}
+"""
+
+
+def render_html(report: dict, title: str) -> str:
+    """The HTML page: inline CSS, figures as base64 PNG data URIs, no external reference."""
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    parts += [f"<p>{e(line)}</p>" for line in _intro_lines(report["meta"])]
+    for sec in report["sections"]:
+        parts += [f"<h2>{e(sec['title'])}</h2>", f"<p>{e(sec['dense'])}</p>", "<table><thead><tr>"]
+        parts += [f"<th>{e(h)}</th>" for h in sec["header"]]
+        parts.append("</tr></thead><tbody>")
+        for row in sec["rows"]:
+            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
+        parts.append("</tbody></table>")
+        parts.append(f"<p class=\"small\">Counted: {e(sec['counted'])}. Data: {e(sec['source'])}.</p>")
+        parts += [figure_html(name, png, caption) for name, png, caption in sec["figures"]]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def text_table(store: Store) -> str:
+    """A plain-text summary for the terminal: final test top-1 per method and target.
+
+    A ``*`` marks cells whose achieved sparsity fell short of the target by more than 0.5 points
+    (methods that set their own sparsity); the report's table gives the achieved values.
+    """
+    lines = []
+    for (dataset, model), by_label in group_results(store.results()).items():
+        targets = sorted({t for bt in by_label.values() for t in bt})
+        lines.append(f"{dataset} / {model}: final test top-1 (%) by target sparsity; " + dense_line(by_label).split(";")[0])
+        width = max([len(label) for label in by_label] + [6])
+        lines.append(f"{'method':<{width}} " + " ".join(f"{t:>13g}" for t in targets))
+        short = False
+        for label, by_target in by_label.items():
+            cells = []
+            for t in targets:
+                runs = by_target.get(t, [])
+                m, s, n = aggregate(runs, "final_test_top1")
+                reached, _, _ = aggregate(runs, "sparsity")
+                mark = "*" if reached is not None and reached < t - 0.005 else " "
+                short |= mark == "*"
+                cells.append(f"{'–' if m is None else _fmt(m, s, n, 'pct'):>12}{mark}")
+            lines.append(f"{label:<{width}} " + " ".join(cells))
+        if short:
+            lines.append("* achieved sparsity below the target (see report.md for the achieved values)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(outdir, title: str | None = None) -> tuple[Path, Path]:
+    """Write ``report.html``, ``report.md`` and ``figures/*.png`` into ``outdir``.
+
+    Args:
+        outdir: an output directory holding ``results.sqlite``.
+        title: page title (default: "prunelab report: <directory name>").
+
+    Returns:
+        ``(html_path, markdown_path)``.
+
+    Raises:
+        ConfigError: no result store in ``outdir``, or it holds no completed run.
+    """
+    outdir = Path(outdir)
+    if not (outdir / FILENAME).is_file():
+        raise ConfigError(f"{outdir} holds no {FILENAME}; run `prunelab bench --out {outdir}` first")
+    with Store(outdir) as store:
+        if len(store) == 0:
+            raise ConfigError(f"{outdir / FILENAME} holds no completed run yet; nothing to report")
+        report = build(store)
+        suite_names = list(store.suites())
+    title = title or f"prunelab report: {outdir.resolve().name}"
+    fig_dir = outdir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    paths = {}
+    for si, sec in enumerate(report["sections"]):
+        for fi, (name, png, _) in enumerate(sec["figures"]):
+            path = fig_dir / f"{si:02d}-{_slug(sec['title'])}-{fi:02d}-{_slug(name)}.png"
+            _atomic_write(path, png)
+            paths[(si, fi)] = f"figures/{path.name}"
+    html_path, md_path = outdir / "report.html", outdir / "report.md"
+    _atomic_write(html_path, render_html(report, title).encode("utf-8"))
+    _atomic_write(md_path, render_markdown(report, paths, title).encode("utf-8"))
+    write_suite_reports(outdir, suite_names)
+    return html_path, md_path
+
+
+def write_suite_reports(outdir, names) -> list[dict]:
+    """Call the own report writer (``Suite.report``) of every registered suite among ``names``.
+
+    ``write_report`` calls it with the suites recorded in the store, so ``prunelab bench`` and
+    ``prunelab report`` both write, e.g., the ``pitas`` suite's report beside the generic one.
+
+    Returns:
+        What each writer returned (the paths it wrote), in order.
+    """
+    from prunelab.harness import suites
+
+    known = set(suites.list_suites())
+    written = []
+    for name in names:
+        if name in known:
+            suite = suites.get_suite(name)
+            if suite.report is not None:
+                written.append(suite.report(Path(outdir)))
+    return written
+
+
+def figure_html(name: str, png: bytes, caption: str) -> str:
+    """An HTML ``<figure>`` with the PNG embedded (data URI), so the page needs no other file."""
+    e = html.escape
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{e(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{e(caption)}</figcaption></figure>")
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8, newline-terminated) to ``path`` through a temporary file and a rename."""
+    _atomic_write(Path(path), (text if text.endswith("\n") else text + "\n").encode("utf-8"))
+
+
+def read_suite_store(outdir, suite: str) -> tuple[list, dict]:
+    """``(results, suites)`` of the result store in ``outdir``, for a suite's own writer.
+
+    Raises:
+        ConfigError: ``outdir`` holds no result store (saying which command makes one).
+    """
+    from prunelab.harness.store import FILENAME
+
+    outdir = Path(outdir)
+    if not (outdir / FILENAME).is_file():
+        raise ConfigError(f"{outdir} holds no {FILENAME}; run `prunelab bench --suite {suite} --out {outdir}` first")
+    with Store(outdir) as store:
+        return store.results(), store.suites()
+
+
+def results_main(argv, suite: str, write, done: str, options: dict | None = None) -> int:
+    """The ``python -m prunelab.suite_NAME OUTDIR [--dest DIR]`` entry point of a suite's own writer.
+
+    Args:
+        argv: the arguments.
+        suite: the suite's name (for the help text).
+        write: ``write(outdir, dest) -> dict`` of the paths written; raises ``ConfigError``.
+        done: format string of the final line, filled from ``write``'s dict (``figures``: a count).
+        options: extra ``--name`` options, ``{"--name": help}``, passed to ``write`` as keywords.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m prunelab.suite_{suite}",
+                                     description=f"Report, figures and JSON of a `prunelab bench --suite {suite}` run.")
+    parser.add_argument("outdir", help="the bench output directory (holding results.sqlite)")
+    parser.add_argument("--dest", default=None, help="where to write (default: the suite writer's own)")
+    for flag, text in (options or {}).items():
+        parser.add_argument(flag, default=None, help=text)
+    args = parser.parse_args(argv)
+    extra = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_")) for flag in options or {}}
+    try:
+        paths = write(args.outdir, args.dest, **extra)
+    except ConfigError as exc:
+        print(f"prunelab: {exc}")
+        return 2
+    print(done.format(**{**paths, "figures": len(paths.get("figures", []))}))
+    return 0
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,282 @@
+"""The result store: one SQLite file (WAL) per output directory, one row per completed run.
+
+``OUTDIR/results.sqlite`` holds
+
+* ``runs``: one row per run, keyed by the spec hash, with the full spec and result as JSON and a
+  few columns for plain SQL queries (data set, model, method, target, seed, achieved sparsity,
+  compression, theoretical speedup, final accuracies);
+* ``traces``: one row per round / epoch of each method trace (``run_hash, trace, idx, row``);
+* ``meta``: the schema version.
+
+A run is written in ONE transaction when it is complete (run row and all its trace rows, or
+nothing), so a process killed at any instant (SIGKILL included) leaves only whole runs; the
+``n_trace_rows`` column lets anyone check that. SQLite's write-ahead log makes the commit atomic
+and durable, and readers (a report written while a sweep runs) never block the writer.
+
+Under ``torchrun`` only rank 0 opens the store (:func:`open_store`); the other ranks hold a
+:class:`FollowerStore`, which writes nothing and refuses to be read, and follow rank 0's decisions.
+
+Example:
+    >>> with Store("runs/quick") as store:
+    ...     for result in store.results():
+    ...         print(result.label, result.metrics["final_test_top1"])
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from prunelab.errors import ConfigError
+
+SCHEMA_VERSION = 1
+FILENAME = "results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    hash TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    method TEXT NOT NULL,
+    label TEXT NOT NULL,
+    family TEXT NOT NULL,
+    target REAL NOT NULL,
+    seed INTEGER NOT NULL,
+    sparsity REAL,
+    compression_ratio REAL,
+    theoretical_speedup REAL,
+    final_val_top1 REAL,
+    final_test_top1 REAL,
+    n_trace_rows INTEGER NOT NULL,
+    spec_json TEXT NOT NULL,
+    result_json TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS traces (
+    run_hash TEXT NOT NULL REFERENCES runs(hash),
+    trace TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    row_json TEXT NOT NULL,
+    PRIMARY KEY (run_hash, trace, idx)
+);
+"""
+
+
+class Store:
+    """The SQLite result store of one output directory.
+
+    Args:
+        outdir: the output directory (created when missing); the database is
+            ``outdir/results.sqlite`` and the dense-model cache ``outdir/dense/``.
+
+    Raises:
+        ConfigError: the directory cannot be created, or the file is not a prunelab store (or one
+            of another schema version).
+    """
+
+    def __init__(self, outdir):
+        self.outdir = Path(outdir)
+        try:
+            self.outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create output directory {self.outdir}: {exc.strerror}; choose another --out") from None
+        self.path = self.outdir / FILENAME
+        try:
+            # isolation_level=None: transactions are begun and committed explicitly below.
+            self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+            row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise ConfigError(f"{self.path} has result-store schema {row[0]}, this prunelab writes "
+                                  f"{SCHEMA_VERSION}; use another --out directory")
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{self.path} is not a prunelab result store ({exc}); "
+                              "move it away or choose another --out") from None
+
+    # -- context manager
+    def close(self) -> None:
+        """Close the database connection."""
+        self._conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading
+    def hashes(self) -> set[str]:
+        """Hashes of every completed run."""
+        return {r[0] for r in self._conn.execute("SELECT hash FROM runs")}
+
+    def has(self, run_hash: str) -> bool:
+        """Whether the run with this spec hash is complete in the store."""
+        return self._conn.execute("SELECT 1 FROM runs WHERE hash=?", (run_hash,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+    def get(self, run_hash: str):
+        """The :class:`~prunelab.harness.runner.RunResult` of a completed run, or None."""
+        row = self._conn.execute("SELECT result_json FROM runs WHERE hash=?", (run_hash,)).fetchone()
+        if row is None:
+            return None
+        return self._result(run_hash, row[0])
+
+    def results(self, **where) -> list:
+        """Every completed run (in insertion order), optionally filtered by column equality.
+
+        Args:
+            **where: e.g. ``dataset="fashion-mnist"``, ``method="magnitude"``.
+        """
+        columns = {"dataset", "model", "method", "label", "family", "target", "seed"}
+        bad = sorted(set(where) - columns)
+        if bad:
+            raise ConfigError(f"cannot filter results by {', '.join(bad)}; use {', '.join(sorted(columns))}")
+        clause = " AND ".join(f"{k}=?" for k in where)
+        sql = "SELECT hash, result_json FROM runs" + (f" WHERE {clause}" if clause else "") + " ORDER BY rowid"
+        rows = self._conn.execute(sql, tuple(where.values())).fetchall()
+        return [self._result(h, text) for h, text in rows]
+
+    def traces(self, run_hash: str) -> dict[str, list[dict]]:
+        """The traces of a run: trace name → rows in order."""
+        out: dict[str, list[dict]] = {}
+        for trace, row in self._conn.execute(
+                "SELECT trace, row_json FROM traces WHERE run_hash=? ORDER BY trace, idx", (run_hash,)):
+            out.setdefault(trace, []).append(json.loads(row))
+        return out
+
+    def check(self) -> list[str]:
+        """Integrity problems (empty list when none): runs whose trace-row count is off."""
+        problems = []
+        for h, expected, found in self._conn.execute(
+                "SELECT r.hash, r.n_trace_rows, (SELECT COUNT(*) FROM traces t WHERE t.run_hash=r.hash) "
+                "FROM runs r"):
+            if expected != found:
+                problems.append(f"run {h[:12]}: {found} trace rows, {expected} expected")
+        orphans = self._conn.execute(
+            "SELECT COUNT(*) FROM traces WHERE run_hash NOT IN (SELECT hash FROM runs)").fetchone()[0]
+        if orphans:
+            problems.append(f"{orphans} trace rows without a run")
+        return problems
+
+    def _result(self, run_hash: str, text: str):
+        from prunelab.harness.runner import RunResult
+
+        d = json.loads(text)
+        d["traces"] = self.traces(run_hash)
+        return RunResult.from_dict(d)
+
+    def suites(self) -> dict[str, dict]:
+        """Suites run into this directory: name → ``{"description", "notes", "runs"}``."""
+        out = {}
+        for key, value in self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'suite:%' ORDER BY key"):
+            out[key[6:]] = json.loads(value)
+        return out
+
+    # -- writing
+    def record_suite(self, name: str, description: str = "", notes: str = "", runs: int = 0) -> None:
+        """Remember that suite ``name`` was run here (reports list it)."""
+        value = json.dumps({"description": description, "notes": notes, "runs": runs}, sort_keys=True)
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"suite:{name}", value))
+
+    def put(self, result) -> bool:
+        """Write a completed run and its traces in one transaction.
+
+        Args:
+            result: a :class:`~prunelab.harness.runner.RunResult`.
+
+        Returns:
+            True if written, False if the store already held this run (it is kept unchanged).
+        """
+        d = result.to_dict(with_traces=True)
+        traces = d.pop("traces")
+        rows = [(result.hash, name, i, json.dumps(row, sort_keys=True))
+                for name, trace in sorted(traces.items()) for i, row in enumerate(trace)]
+        m = result.metrics
+        spec = result.spec
+        values = (result.hash, spec.dataset, spec.model, spec.method, spec.label, result.family,
+                  float(spec.target), int(spec.seed), m.get("sparsity"), _finite(m.get("compression_ratio")),
+                  _finite(m.get("theoretical_speedup")), m.get("final_val_top1"), m.get("final_test_top1"),
+                  len(rows), json.dumps(spec.to_dict(), sort_keys=True), json.dumps(d, sort_keys=True), time.time())
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(values))})", values)
+            written = cur.rowcount == 1
+            if written:
+                conn.executemany("INSERT INTO traces VALUES (?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return written
+
+
+class FollowerStore:
+    """The stand-in for the result store on a rank other than 0 of a ``torchrun`` launch.
+
+    Only rank 0 opens, reads and writes ``results.sqlite``; every decision that needs the store
+    (which runs are done, whether the dense cache can be used) is taken on rank 0 and broadcast
+    (see :func:`prunelab.harness.runner.sweep`). A follower knows its output directory (for paths that
+    must be the same on every rank) and nothing else: it creates no directory or file, :meth:`put`
+    and :meth:`record_suite` do nothing, and reading raises :class:`ConfigError`, so code that would
+    let a rank decide on its own (and disagree with rank 0) fails loudly instead.
+
+    Args:
+        outdir: the output directory (not created).
+        rank: this process's rank, for error messages.
+    """
+
+    def __init__(self, outdir, rank: int = 1):
+        self.outdir = Path(outdir)
+        self.path = self.outdir / FILENAME
+        self.rank = rank
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> "FollowerStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _refuse(self, *args, **kwargs):
+        raise ConfigError(f"rank {self.rank} holds no result store: only rank 0 reads {self.path}; "
+                          "take the decision on rank 0 and share it (prunelab.training.distributed.broadcast_json)")
+
+    hashes = has = get = results = traces = check = suites = __len__ = _refuse
+
+    def record_suite(self, *args, **kwargs) -> None:
+        """Rank 0 records the suite."""
+
+    def put(self, result) -> bool:
+        """Rank 0 writes results; returns False (nothing written here)."""
+        return False
+
+
+def open_store(outdir):
+    """The result store of ``outdir`` for this process: a :class:`Store` in a single process and on
+    rank 0 of a ``torchrun`` launch, a :class:`FollowerStore` (which writes nothing) on the others.
+
+    Args:
+        outdir: the output directory.
+    """
+    from prunelab.training import distributed
+
+    if distributed.is_main():
+        return Store(outdir)
+    return FollowerStore(outdir, distributed.rank())
+
+
+def _finite(x):
+    # SQLite stores inf as a REAL, but JSON exporters choke on it; the JSON column keeps the truth.
+    return x if x is None or x != float("inf") else None

@@ -1,0 +1,12 @@
+"""One folder per paper: its suites, studies, analyses and report writers.
+
+- :mod:`~prunelab.reproductions.pitas`: Pitas, Davies & Vandergheynst 2019 and FeTa (hard thresholding,
+  layer-wise pruning, the depth and latent-dimensionality studies);
+- :mod:`~prunelab.reproductions.diao`: Diao et al., ICLR 2023 (PQ Index, SAP);
+- :mod:`~prunelab.reproductions.azarian`: Azarian et al. 2020 (LTP against GMP);
+- :mod:`~prunelab.reproductions.chao`: Chao et al., NeurIPS 2020 (gRDA).
+
+Importing this package registers every paper's suites with :mod:`prunelab.harness.suites`.
+"""
+
+from prunelab.reproductions import azarian, chao, diao, pitas  # noqa: F401  (registers the suites)
