@@ -1,0 +1,14 @@
+"""What is written once and used everywhere: atomic writes and JSON, the registry, NAME=VALUE parsing, progress.
+
+This package sits below every other one (it imports only ``prunelab.errors``).
+"""
+
+from prunelab.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, plain_json
+from prunelab.utils.parsing import parse_assignment, parse_assignments
+from prunelab.utils.progress import progress
+from prunelab.utils.registry import Registry
+
+__all__ = [
+    "Registry", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "plain_json",
+    "parse_assignment", "parse_assignments", "progress",
+]
