@@ -32,7 +32,7 @@ def test_loading_into_the_wrong_model_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_checkpoint(path, _model("lenet-300-100"))
     with pytest.raises(CheckpointError, match="shape"):
-        load_checkpoint(path, _model("lenet5", num_classes=10) if False else models.create("lenet5", (1, 28, 28), 7))
+        load_checkpoint(path, models.create("lenet5", (1, 28, 28), 7))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "flip_header"])
@@ -74,3 +74,39 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         save_checkpoint(path, _model("linear", (1, 8, 8)))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
+
+
+def test_metadata_is_plain_json_and_round_trips(tmp_path):
+    import numpy as np
+
+    metrics = {"top1": np.float32(0.5), "n": np.int64(3), "loss": torch.tensor(0.25), "curve": (1, 2.5)}
+    path = save_checkpoint(tmp_path / "m.safetensors", _model("linear", (1, 8, 8)), metrics=metrics,
+                           extra={"nested": {"dir": tmp_path}})
+    meta = load_checkpoint(path).meta
+    assert meta["metrics"] == {"top1": 0.5, "n": 3, "loss": 0.25, "curve": [1, 2.5]}
+    assert meta["extra"] == {"nested": {"dir": str(tmp_path)}}
+    assert meta["format"] == "prunelab-checkpoint" and meta["version"] == 1
+
+
+def test_rebuild_uses_the_given_builder_or_the_models_one(tmp_path):
+    from prunelab.core import checkpoints
+
+    path = save_checkpoint(tmp_path / "a.safetensors", _model("linear", (1, 8, 8)))
+    seen = []
+
+    def build(config):
+        seen.append(config)
+        return models.from_config(config)
+
+    ckpt = load_checkpoint(path, build=build)
+    assert seen == [ckpt.meta["model"]] and ckpt.model.prunelab_config == ckpt.meta["model"]
+    with pytest.raises(CheckpointError, match="cannot rebuild its model"):
+        load_checkpoint(path, build=lambda config: models.create("nope", (1,), 2))
+    # The core imports no model zoo: prunelab.models installs its from_config as the default builder.
+    assert checkpoints._model_builder is models.from_config
+    checkpoints.set_model_builder(None)
+    try:
+        with pytest.raises(CheckpointError, match="no model builder"):
+            load_checkpoint(path)
+    finally:
+        checkpoints.set_model_builder(models.from_config)

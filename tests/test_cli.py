@@ -83,7 +83,7 @@ def test_info_method_lists_every_hyperparameter_with_default_and_description(cap
 
 
 def test_every_hyperparameter_of_every_method_is_documented():
-    for name in methods.list():
+    for name in methods.registry.list():
         docs = methods.hparam_docs(name)
         assert set(docs) == {f.name for f in dataclasses.fields(methods.get(name).Hparams)}
         assert [f for f, d in docs.items() if not d["doc"]] == [], name

@@ -34,7 +34,7 @@ def isolated_search(tmp_path, monkeypatch):
     """Empty $PRUNELAB_DATA, user cache and system folders, so that only the fixtures are found."""
     monkeypatch.delenv("PRUNELAB_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setattr(pdata, "SYSTEM_LOCATIONS", {"fashion-mnist": (tmp_path / "system",)})
+    monkeypatch.setattr(pdata.files, "SYSTEM_LOCATIONS", {"fashion-mnist": (tmp_path / "system",)})
 
 
 # ------------------------------------------------------------------------------------------
@@ -89,10 +89,11 @@ def unit(array: np.ndarray) -> torch.Tensor:
 
 
 def test_list_names_every_contract_dataset():
-    names = pdata.list()
+    names = pdata.registry.list()
     assert {"fashion-mnist", "mnist", "cifar10", "digits", "synthetic"} <= set(names)
     assert names == sorted(names)
-    assert pdata.list is pdata.list_datasets
+    assert not hasattr(pdata, "list") and not hasattr(pdata, "list_datasets")  # no shadowed builtin
+    assert "FMNIST" in pdata.registry and "cifar-10" in pdata.registry and "imagenet" not in pdata.registry
 
 
 def test_unknown_dataset_lists_known_ones():
@@ -111,7 +112,7 @@ def test_aliases_resolve_to_fashion_mnist(tmp_path, alias):
 
 
 def test_register_adds_a_dataset(monkeypatch):
-    monkeypatch.setattr(pdata, "_REGISTRY", dict(pdata._REGISTRY))
+    monkeypatch.setattr(pdata.registry, "_entries", dict(pdata.registry._entries))
 
     @pdata.register("tiny", default_val_size=2)
     def _tiny(data_dir=None):
@@ -119,7 +120,8 @@ def test_register_adds_a_dataset(monkeypatch):
         y = np.arange(10) % 2
         return pdata.RawData(x, y, x[:3], y[:3], 2, "memory", 255.0, (0.5, 0.5), (0.25, 0.25))
 
-    assert "tiny" in pdata.list()
+    assert "tiny" in pdata.registry.list()
+    assert pdata.get("TINY").default_val_size == 2
     ds = pdata.load("tiny", normalize="standard")
     assert (len(ds.train), len(ds.val), len(ds.test)) == (8, 2, 3)
     assert ds.in_shape == (2, 2, 1) and ds.num_classes == 2
@@ -230,7 +232,7 @@ def test_search_order(tmp_path, monkeypatch):
     make_idx_set(system, n_train=14)
     monkeypatch.setenv("PRUNELAB_DATA", os.pathsep.join([str(tmp_path / "empty"), str(env)]))
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    monkeypatch.setattr(pdata, "SYSTEM_LOCATIONS", {"fashion-mnist": (system,)})
+    monkeypatch.setattr(pdata.files, "SYSTEM_LOCATIONS", {"fashion-mnist": (system,)})
 
     def n_train(**kwargs):
         return len(pdata.load("fashion-mnist", val_size=0, **kwargs).train)

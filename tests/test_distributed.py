@@ -28,6 +28,9 @@ from prunelab.training import distributed
 from prunelab.data import Dataset, Split
 from prunelab.core.masks import Masks
 from prunelab.training.loop import Callback, TrainConfig, evaluate, train
+from prunelab.methods.gmp import GradualMagnitudePruning
+from prunelab.methods.grda.method import train_grda
+from prunelab.methods.ltp import learn_thresholds
 
 WORLD = 2
 TOLERANCE = 1e-5
@@ -197,8 +200,6 @@ def test_magnitude_prune_retrain_matches_single_process(tmp_path):
 
 
 def _grda_worker(rank, out):
-    from prunelab.methods.grda.method import train_grda
-
     model = make_model()
     _, optimizer = train_grda(model, make_data(), DENSE.replace(epochs=3, lr=0.1), c=0.02, mu=0.55, schedule="constant")
     tensors = {f"param/{k}": v for k, v in model.state_dict().items()}
@@ -212,9 +213,6 @@ def _grda_worker(rank, out):
 
 
 def test_grda_thresholding_identical_across_ranks_and_matches_single_process(tmp_path):
-    pytest.importorskip("prunelab.methods.grda.optim", reason="prunelab.methods.grda.optim (GRDA) is not written yet")
-    from prunelab.methods.grda.method import train_grda
-
     codes, errors, _ = launch(_grda_worker, tmp_path)
     _assert_ok(codes, errors)
     (t0, i0), (t1, i1) = _load(tmp_path)
@@ -240,8 +238,6 @@ def _ltp_config():
 
 
 def _ltp_run(data):
-    from prunelab.methods.ltp import learn_thresholds
-
     model = make_model()
     train(model, data, DENSE, progress=False)
     trail, wrapped = learn_thresholds(model, data, _ltp_config(), penalty_weight=2.0, temperature=0.5,
@@ -260,7 +256,6 @@ def _ltp_worker(rank, out):
 
 
 def test_ltp_thresholds_identical_across_ranks_and_match_single_process(tmp_path):
-    pytest.importorskip("prunelab.methods.ltp", reason="prunelab.methods.ltp is not written yet")
     codes, errors, _ = launch(_ltp_worker, tmp_path)
     _assert_ok(codes, errors)
     (t0, i0), (t1, i1) = _load(tmp_path)
@@ -275,8 +270,6 @@ def test_ltp_thresholds_identical_across_ranks_and_match_single_process(tmp_path
 
 
 def _gmp_run():
-    from prunelab.methods.gmp import GradualMagnitudePruning
-
     model = make_model()
     masks = Masks.ones(model)
     schedule = GradualMagnitudePruning(0.7, begin_step=2, end_step=12, frequency=3)
@@ -292,7 +285,6 @@ def _gmp_worker(rank, out):
 
 
 def test_gradual_pruning_inside_the_loop_keeps_masks_identical(tmp_path):
-    pytest.importorskip("prunelab.methods.gmp", reason="prunelab.methods.gmp is not written yet")
     codes, errors, _ = launch(_gmp_worker, tmp_path)
     _assert_ok(codes, errors)
     (t0, i0), (t1, i1) = _load(tmp_path)
@@ -703,7 +695,7 @@ def test_cli_bench_run_failing_on_one_rank_ends_every_rank(tmp_path, failing):
         assert json.loads((tmp_path / "rank1.writes.json").read_text()) == []
 
 
-ITERATE = ["iterate", "--schedule", "lt", "--model", "mlp", "--model-arg", "hidden=[32,16]", "--dataset", "digits",
+ITERATE = ["iterate", "--pruning-schedule", "lt", "--model", "mlp", "--model-arg", "hidden=[32,16]", "--dataset", "digits",
            "--limit", "403", "--rounds", "1", "--epochs", "3", "--batch-size", "50", "--lr", "0.1", "--rate", "0.5",
            "--no-grid", "--quiet"]
 
@@ -743,8 +735,6 @@ def test_cli_iterate_on_two_ranks_matches_single_process_and_only_rank0_writes(t
 
 
 def _ltp_checkpoint_worker(rank, out):
-    from prunelab.methods.ltp import learn_thresholds
-
     folder = out / "ltp"
     seen = _audit_writes(folder) if rank != 0 else []
     model = make_model()

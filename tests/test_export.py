@@ -2,6 +2,9 @@
 
 import importlib.util
 import json
+import logging
+from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,11 +192,89 @@ def test_sparse_conv_rejects_unsupported_layers():
         layer(torch.randn(1, 4, 5, 5))
 
 
-def test_native_kernel_builds_quickly_or_reports_why():
+def test_native_status_agrees_with_load():
     info = native.status()
-    assert set(info) >= {"available", "reason", "seconds"}
+    assert info["available"] == (native.load() is not None) == ("native" in BACKENDS)
+    assert isinstance(info["seconds"], float) and info["seconds"] >= 0
     if info["available"]:
-        assert info["path"].endswith(".so")
+        assert Path(info["path"]).is_file() and info["reason"] in ("built", "cached")
+        assert Path(info["compiler"]).is_file() and tuple(info["flags"]) in native._FLAG_SETS
+    else:
+        assert info["reason"]
+
+
+def _count_compiles(monkeypatch) -> list:
+    """Record every compiler invocation that builds a shared library (``--version`` probes are not)."""
+    compiles, run = [], native.subprocess.run
+
+    def counting_run(cmd, *args, **kwargs):
+        if "-shared" in cmd:
+            compiles.append(cmd)
+        return run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(native.subprocess, "run", counting_run)
+    return compiles
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="native kernel unavailable (no C compiler?)")
+def test_native_kernel_builds_from_packaged_source_and_is_cached(monkeypatch, tmp_path):
+    packaged = (resources.files("prunelab.export") / "csrc" / "sparse_kernel.c").read_text()
+    assert native.kernel_source() == packaged and "pl_sparse_forward" in packaged
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
+    compiles = _count_compiles(monkeypatch)
+    native.reset()
+    try:
+        assert native.load() is not None
+        first = native.status()
+        assert first["reason"] == "built" and len(compiles) >= 1
+        library = Path(first["path"])
+        assert library.parent == tmp_path / "kernels" and library.name.startswith("prunelab_sparse_")
+        assert [p.name for p in library.parent.iterdir()] == [library.name]   # no leftover temp files
+        built_at = library.stat().st_mtime_ns
+        compiles.clear()
+        native.reset()
+        assert native.load() is not None
+        second = native.status()
+        assert second["reason"] == "cached" and second["path"] == first["path"] and not compiles
+        assert library.stat().st_mtime_ns == built_at
+        # the cache key covers the source: an edited kernel is compiled anew, beside the old one
+        monkeypatch.setattr(native, "kernel_source", lambda: packaged + "\n/* edited */\n")
+        native.reset()
+        assert native.load() is not None and native.status()["reason"] == "built" and compiles
+        assert native.status()["path"] != first["path"] and library.is_file()
+    finally:
+        native.reset()
+
+
+def test_no_compiler_falls_back_to_torch_with_one_warning(monkeypatch, tmp_path, caplog):
+    torch.manual_seed(0)
+    model = models.create("lenet5", (1, 28, 28), 10)
+    make_permanent(model, _global_magnitude(model, 0.9))
+    x = torch.randn(7, 1, 28, 28)
+    with torch.no_grad():
+        reference = to_sparse(model, policy="always", backends=("torch",))(x)
+        dense = model.eval()(x)
+    monkeypatch.delenv("PRUNELAB_CC", raising=False)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)   # not even the `cc` fallback
+    native.reset()
+    try:
+        with caplog.at_level(logging.WARNING, logger="prunelab.export"):
+            outputs = []
+            for _ in range(2):
+                fast = to_sparse(model, policy="always")
+                assert {m.backend for m in sparse_layers(fast).values()} == {"torch"}
+                assert fast.sparse_report["native"]["available"] is False
+                with torch.no_grad():
+                    outputs.append(fast(x))
+        warnings = [r for r in caplog.records if r.name == "prunelab.export" and r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "no C compiler found" in warnings[0].getMessage()
+        assert "no-such-cc" in warnings[0].getMessage()
+        for out in outputs:
+            assert torch.equal(out, reference)
+            torch.testing.assert_close(out, dense, **TOL)
+    finally:
+        native.reset()
 
 
 def test_failed_build_degrades_to_torch(monkeypatch, tmp_path):
@@ -277,9 +358,25 @@ def test_to_sparse_auto_measures_and_stays_exact():
     fast = to_sparse(model, batch_size=8, warmup=1, reps=5)
     report = fast.sparse_report
     assert report["policy"] == "auto" and report["batch_size"] == 8
+    assert [e["name"] for e in report["layers"]] == ["fc1", "fc2", "fc3"]
     for entry in report["layers"]:
-        assert set(entry["median_us"]) | set(entry["screened_out_us"]) == {"dense", *BACKENDS}
-        assert entry["choice"] in ("dense", *BACKENDS)
+        timed, dropped = entry["median_us"], entry["screened_out_us"]
+        assert set(timed) | set(dropped) == {"dense", *BACKENDS} and "dense" in timed and not set(timed) & set(dropped)
+        assert all(isinstance(t, float) and t > 0 for t in [*timed.values(), *dropped.values()])
+        # the choice follows the recorded times: the fastest sparse version if it beats dense by 5 %
+        sparse_times = {k: v for k, v in timed.items() if k != "dense"}
+        best = min(sparse_times, key=sparse_times.get) if sparse_times else "dense"
+        expected = best if sparse_times and sparse_times[best] < 0.95 * timed["dense"] else "dense"
+        assert entry["choice"] == ("dense" if report["reverted"] else expected)
+        weight = getattr(model, entry["name"]).weight
+        assert entry["sparsity"] == pytest.approx((weight == 0).float().mean().item(), abs=1e-6)
+    chosen = {n: type(m).__name__ for n, m in sparse_layers(fast).items()}
+    assert set(chosen) == {e["name"] for e in report["layers"] if e["choice"] != "dense"}
+    for name in chosen:
+        assert sparse_layers(fast)[name].backend == next(e["choice"] for e in report["layers"] if e["name"] == name)
+    if not report["reverted"] and chosen:
+        assert set(report["model_median_us"]) == {"dense", "sparse"}
+        assert report["model_median_us"]["sparse"] < report["model_median_us"]["dense"]
     x = torch.randn(8, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), **TOL)
@@ -398,7 +495,7 @@ def test_damaged_sparse_files_raise_checkpoint_error(tmp_path):
         bad.write_bytes(content)
         with pytest.raises(CheckpointError):
             load_sparse(bad)
-    with pytest.raises(CheckpointError, match="no such file"):
+    with pytest.raises(CheckpointError, match="no such sparse export file"):
         load_sparse(tmp_path / "missing.safetensors")
     dense_ckpt = save_checkpoint(tmp_path / "dense.safetensors", model)
     with pytest.raises(CheckpointError, match="not a prunelab sparse export"):

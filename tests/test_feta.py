@@ -27,7 +27,7 @@ FAST = dict(step=0.05, batch_size=100)   # N = 2000 gives 20 steps per epoch; η
 
 
 def test_sigmoid_gradient_is_the_true_derivative_even_where_the_official_code_breaks():
-    # The official grad_apr returns sigmoid(1) ≈ 0.731 for θz ≥ 10 (papers.md §1.7(1)); the true
+    # The official grad_apr returns sigmoid(1) ≈ 0.731 for θz ≥ 10 (a misused ``and``); the true
     # derivative of ρ_θ(z)² there is 2ρ_θ(z) · 1.
     z = torch.tensor([-3.0, -0.2, 0.0, 0.3, 1.0, 2.5, 5.0], dtype=torch.float64, requires_grad=True)
     (F.softplus(z, beta=10.0) ** 2).sum().backward()

@@ -128,7 +128,7 @@ def _context(synthetic, dense, target):
 
 
 def test_registered_as_a_training_method():
-    assert "gmp" in methods.list() and methods.get("gmp") is GMP and GMP.family == "training"
+    assert "gmp" in methods.registry.list() and methods.get("gmp") is GMP and GMP.family == "training"
 
 
 @pytest.mark.parametrize("start", ["dense", "init"])

@@ -77,7 +77,7 @@ def test_c_zero_group_is_sgd_also_with_a_scheduler_beside_a_thresholded_group():
 
 
 class ReferenceGRDA:
-    """The update written out per parameter, exactly as papers.md §4.1 states it."""
+    """The update written out per parameter, exactly as the official ``grda_pytorch.py`` computes it."""
 
     def __init__(self, params, c, mu):
         self.params = list(params)

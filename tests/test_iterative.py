@@ -382,7 +382,7 @@ def test_cli_iterate_then_pqi(tmp_path, capsys):
     from prunelab.cli.main import main
 
     out = tmp_path / "lt"
-    rc = main(["iterate", "--schedule", "lt", "--dataset", "digits", "--val-size", "0.1", "--model", "mlp",
+    rc = main(["iterate", "--pruning-schedule", "lt", "--dataset", "digits", "--val-size", "0.1", "--model", "mlp",
                "--model-arg", "hidden=[32, 16]", "--rounds", "2", "--epochs", "1", "--out", str(out), "--quiet"])
     assert rc == 0
     summary = json.loads((out / "rounds.json").read_text())
@@ -404,6 +404,6 @@ def test_cli_iterate_then_pqi(tmp_path, capsys):
     assert main(["pqi", str(out / "round_002.safetensors"), "--p", "2", "--q", "1"]) == 2
     assert "0 < p < q" in capsys.readouterr().err
     assert main(["pqi", str(tmp_path / "missing.safetensors")]) == 2
-    assert main(["iterate", "--schedule", "sap", "--dataset", "digits", "--rounds", "1", "--epochs", "1",
+    assert main(["iterate", "--pruning-schedule", "sap", "--dataset", "digits", "--rounds", "1", "--epochs", "1",
                  "--beta", "2", "--out", str(tmp_path / "x")]) == 2
     assert "beta" in capsys.readouterr().err

@@ -356,7 +356,7 @@ def _context(synthetic, pretrained, target, epochs=4):
 
 
 def test_registered_as_a_training_method():
-    assert "ltp" in methods.list()
+    assert "ltp" in methods.registry.list()
     assert methods.get("ltp") is LTP and LTP.family == "training"
 
 

@@ -7,7 +7,6 @@ from torch.nn.utils import prune as nn_prune
 
 import prunelab
 from prunelab.errors import ConfigError, MethodError
-from prunelab.core.masks import Masks
 from prunelab.methods.magnitude import select_smallest
 
 
@@ -28,14 +27,15 @@ def test_global_masks_equal_torch_global_unstructured(sparsity):
         assert torch.equal(masks[f"{i}.weight"], reference[i].weight_mask.bool())
 
 
-def test_layer_scope_prunes_exact_count_per_layer():
-    model = _mlp()
+def test_layer_scope_prunes_exact_count_per_layer_as_torch_l1_unstructured():
+    model, dense = _mlp(), _mlp()
     masks = prunelab.prune(model, "magnitude", sparsity=0.37, scope="layer")
+    assert len(masks.per_layer()) == 3
     for name, d in masks.per_layer().items():
         assert d["total"] - d["kept"] == round(0.37 * d["total"]), name
-        module = model[int(name.split(".")[0])]
-        reference = copy.deepcopy(module)
+        reference = copy.deepcopy(dense[int(name.split(".")[0])])   # the unpruned layer
         nn_prune.l1_unstructured(reference, "weight", amount=0.37)
+        assert torch.equal(masks[name], reference.weight_mask.bool()), name
 
 
 def test_iterative_calls_prune_among_survivors_and_are_monotone():

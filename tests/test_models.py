@@ -23,7 +23,7 @@ TINY = {
     "wrn": {"depth": 10, "widen_factor": 1},
 }
 
-ALL = models.list_models()
+ALL = models.registry.list()
 
 
 def tiny(name, shape, num_classes=5, **extra):
@@ -38,7 +38,7 @@ def n_params(model):
 
 
 def test_registry_lists_the_documented_models():
-    assert models.list is models.list_models
+    assert not hasattr(models, "list") and not hasattr(models, "list_models")  # no shadowed builtin
     assert ALL == sorted(ALL)
     assert set(ALL) >= {
         "linear", "mlp", "lenet-300-100", "fc", "lenet5", "cnn", "conv6", "vgg16", "resnet18", "wrn",
@@ -411,21 +411,20 @@ def test_kwargs_dict_and_keywords_together_are_rejected():
 # --------------------------------------------------------------------------- registration
 
 
-def test_register_a_new_model_and_reject_duplicates():
+def test_register_a_new_model_and_reject_duplicates(monkeypatch):
+    monkeypatch.setattr(models.registry, "_entries", dict(models.registry._entries))
+
     @models.register("test-tiny")
     def _tiny(in_shape, num_classes, *, hidden=4):
         return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), hidden), nn.ReLU(),
                              nn.Linear(hidden, num_classes))
 
-    try:
-        model = models.create("test-tiny", (2, 3), 4, hidden=6)
-        assert model.prunelab_config == {"name": "test-tiny", "kwargs": {"hidden": 6}, "in_shape": [2, 3],
-                                          "num_classes": 4}
-        assert "test-tiny" in models.list()
-        with pytest.raises(ModelError, match="already registered"):
-            models.register("test-tiny")(_tiny)
-    finally:
-        models._REGISTRY.pop("test-tiny")
+    model = models.create("test-tiny", (2, 3), 4, hidden=6)
+    assert model.prunelab_config == {"name": "test-tiny", "kwargs": {"hidden": 6}, "in_shape": [2, 3],
+                                      "num_classes": 4}
+    assert "test-tiny" in models.registry.list() and models.get("Test-Tiny") is _tiny
+    with pytest.raises(ModelError, match="already registered"):
+        models.register("test-tiny")(_tiny)
 
 
 def test_register_rejects_options_without_defaults():
@@ -434,7 +433,7 @@ def test_register_rejects_options_without_defaults():
 
     with pytest.raises(ModelError, match="signature"):
         models.register("test-bad")(bad)
-    assert "test-bad" not in models.list()
+    assert "test-bad" not in models.registry
 
 
 def test_defaults_in_json_form():

@@ -11,7 +11,7 @@ import torch
 
 from prunelab import data as data_module
 from prunelab import models
-from prunelab.reproductions.pitas import studies
+from prunelab.reproductions.pitas import latent, studies, thresholding
 from prunelab.cli.main import build_parser, main
 from prunelab.cli.studies import study_subparsers
 from prunelab.data import Split
@@ -51,7 +51,7 @@ def test_single_layer_masks_are_exact_and_touch_nothing_else(tiny_conv6, sparsit
         # the pruned weights are the smallest magnitudes of their layer
         w = dict(tiny_conv6.named_parameters())[name].detach().abs()
         keep = masks[name]
-        if 0 < int(keep.sum()) < keep.numel():
+        if sparsity > 0:  # every layer keeps at least one weight at 95 %, so both sides are non-empty
             assert w[~keep].max() <= w[keep].min()
     for key, value in tiny_conv6.state_dict().items():
         assert torch.equal(value, before[key]), "depth_masks must not modify the model"
@@ -85,32 +85,34 @@ def test_resolve_layers_by_index_and_name(tiny_conv6):
         studies.resolve_layers(tiny_conv6, ["relu1"])
 
 
-def test_histogram_method_is_reported_clearly_when_missing_or_used(tiny_conv6):
+def test_histogram_method_is_used_when_installed(tiny_conv6):
     from prunelab import methods
 
-    installed = any(n in methods.list() for n in ("hard_threshold", "hard-threshold", "histogram"))
-    if installed:
-        names = list(prunable_parameters(tiny_conv6))
-        per_layer = studies.layer_threshold_masks(tiny_conv6, 0.5, method="histogram")
-        assert list(per_layer) == names  # the classifier too
-        pruned = [keep.numel() - int(keep.sum()) for keep in per_layer.values()]
-        # the histogram rule prunes at most the target fraction (the crossing bin survives)
-        assert all(0 <= p <= round(0.5 * keep.numel()) for p, keep in zip(pruned, per_layer.values()))
-        assert sum(pruned) > 0
-        masks = studies.depth_masks(tiny_conv6, [9], 0.5, method="histogram")
-        assert torch.equal(masks["fc3.weight"], per_layer["fc3.weight"])
-        assert all(bool(masks[n].all()) for n in names[:-1])
-    else:
-        with pytest.raises(PrunelabError, match="histogram"):
-            studies.depth_masks(tiny_conv6, [3], 0.5, method="histogram")
+    assert methods.get("hard-threshold")  # the paper's histogram thresholding is part of prunelab
+    names = list(prunable_parameters(tiny_conv6))
+    per_layer = studies.layer_threshold_masks(tiny_conv6, 0.5, method="histogram")
+    assert list(per_layer) == names  # the classifier too
+    pruned = [keep.numel() - int(keep.sum()) for keep in per_layer.values()]
+    # the histogram rule prunes at most the target fraction (the crossing bin survives)
+    assert all(0 <= p <= round(0.5 * keep.numel()) for p, keep in zip(pruned, per_layer.values()))
+    assert sum(pruned) > 0
+    masks = studies.depth_masks(tiny_conv6, [9], 0.5, method="histogram")
+    assert torch.equal(masks["fc3.weight"], per_layer["fc3.weight"])
+    assert all(bool(masks[n].all()) for n in names[:-1])
     with pytest.raises(ConfigError, match="unknown hard-thresholding method"):
         studies.depth_masks(tiny_conv6, [3], 0.5, method="l1")
+
+
+def test_histogram_method_is_reported_clearly_when_missing(tiny_conv6, monkeypatch):
+    monkeypatch.setattr(thresholding, "HISTOGRAM_NAMES", ("no-such-histogram-method",))
+    with pytest.raises(PrunelabError, match="histogram"):
+        studies.depth_masks(tiny_conv6, [3], 0.5, method="histogram")
 
 
 def test_suffix_evaluation_equals_a_full_forward_and_restores_weights(tiny_conv6):
     g = torch.Generator().manual_seed(1)
     split = Split(torch.randn(300, 1, 8, 8, generator=g), torch.randint(0, 3, (300,), generator=g))
-    evaluator = studies._MaskedEvaluator(tiny_conv6, split, batch_size=64)
+    evaluator = studies.MaskedEvaluator(tiny_conv6, split, batch_size=64)
     assert evaluator.children, "conv6 is a Sequential: the fast path must be taken"
     before = copy.deepcopy(tiny_conv6.state_dict())
     names = list(prunable_parameters(tiny_conv6))
@@ -143,8 +145,10 @@ def test_depth_study_rows_and_additive_prediction(synthetic):
             assert r["achieved"] == pytest.approx(round(r["sparsity"] * n) / n)
     # "layers >= last" is "only the last layer"
     last = {(r["seed"], r["sparsity"], r["mode"]): r["top1"] for r in res["rows"] if r["layer"] == L}
+    assert len(last) == 2 * len(SMOKE.seeds) * S
     for (seed, s, mode), acc in last.items():
-        assert acc == last[(seed, s, "single")]
+        if mode == "from":
+            assert acc == last[(seed, s, "single")]
     # the additive prediction from layer 1 is the mean over seeds of the per-seed sum of single drops
     single = {(r["seed"], r["layer"], r["sparsity"]): r["drop"] for r in res["rows"] if r["mode"] == "single"}
     add = next(a for a in res["additive"] if a["layer"] == 1 and a["sparsity"] == 0.9)
@@ -290,8 +294,8 @@ def test_levina_bickel_skips_duplicates_and_checks_arguments():
 
 def test_latent_study_fits_pca_on_the_training_split_only(synthetic, monkeypatch):
     seen = []
-    real = studies.fit_pca
-    monkeypatch.setattr(studies, "fit_pca", lambda x: seen.append(x) or real(x))
+    real = latent.fit_pca
+    monkeypatch.setattr(latent, "fit_pca", lambda x: seen.append(x) or real(x))
     budget = studies.StudyBudget(seeds=(0,), epochs=1, train_limit=None, eval_samples=100, sparsities=(0.0, 0.5, 0.9))
     res = studies.run_latent_study(synthetic, "fc", {"hidden": [16, 16]}, ks=(2, 8, 64), budget=budget,
                                    id_k=(5, 8), id_samples=(100, 240), log=None)
@@ -389,9 +393,6 @@ def test_run_pitas_studies_writes_both_studies(tmp_path, monkeypatch):
 
 def test_bench_pitas_studies_writes_a_self_contained_report(tmp_path, monkeypatch, capsys):
     import base64
-
-    from prunelab.reproductions.pitas import studies
-    from prunelab.cli.main import main
 
     png = tmp_path / "fig.png"
     png.write_bytes(base64.b64decode(

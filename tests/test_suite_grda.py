@@ -1,4 +1,4 @@
-"""The ``grda`` suites: the grid the issue asks for, and one tiny suite run through the harness."""
+"""The ``grda`` suites: the grid of SGD, gRDA at every μ and magnitude + retraining, and one tiny suite run through the harness."""
 
 import pytest
 
@@ -6,13 +6,13 @@ from prunelab.errors import ConfigError
 from prunelab.harness.runner import sweep, validate_all
 from prunelab.harness.store import Store
 from prunelab.reproductions.chao.suite import FULL, MUS, build
-from prunelab.harness.suites import get_suite, list_suites
+from prunelab.harness.suites import get_suite, registry
 
 DATA = {"in_shape": [1, 8, 8], "n_train": 256, "n_test": 64, "val_size": 0.25}
 
 
 def test_grda_suites_are_registered():
-    assert {"grda", "grda-short"} <= set(list_suites())
+    assert {"grda", "grda-short"} <= set(registry.list())
 
 
 def test_grda_suite_grid():

@@ -195,7 +195,7 @@ def test_writer_writes_report_figures_and_json(fake_store, tmp_path, monkeypatch
     assert "Seeds 0, 1 at 40× (each seed its own dense model)" in report
     assert "mean over seeds 0, 1: -1.00, seed 0: -0.80 points (needs ≥ -1.0 on the mean): **holds**" in report
     # the default destination is the store's own directory (figures already checked: skip drawing)
-    monkeypatch.setattr("prunelab.reproductions.azarian.suite.draw_figures", lambda collected, fig_dir: [])
+    monkeypatch.setattr("prunelab.reproductions.azarian.report.draw_figures", lambda collected: [])
     paths = write_ltp_results(fake_store)
     assert paths["report"] == fake_store / "report.md" and paths["report"].is_file()
 

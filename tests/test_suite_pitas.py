@@ -22,11 +22,11 @@ from prunelab.reproductions.pitas.suite import (
     time_to_target,
     write_pitas_report,
 )
-from prunelab.harness.suites import get_suite, list_suites
+from prunelab.harness.suites import get_suite, registry
 
 
 def test_registered_suite_builds_the_specs():
-    assert "pitas" in list_suites()
+    assert "pitas" in registry.list()
     suite = get_suite("pitas")
     specs = validate_all(suite.specs)  # all valid, none duplicated
     assert len(specs) == len(suite.specs) == len(MODELS) * len(METHODS) * len(TARGETS)

@@ -21,14 +21,14 @@ from prunelab.reproductions.diao.suite import (
     swings,
     write_pqi_results,
 )
-from prunelab.harness.suites import get_suite, list_suites
+from prunelab.harness.suites import get_suite, registry
 from prunelab.training.loop import TrainConfig
 
 GLOBAL = ["OS-0.2", "LT-0.2", "SAP(0.5,1)", "SAP(1,2)"]
 
 
-def test_registered_suite_has_the_issue_shape():
-    assert "pqi" in list_suites()
+def test_registered_suite_has_the_reproduction_shape():
+    assert "pqi" in registry.list()
     suite = get_suite("pqi")
     specs = validate_all(suite.specs)  # every spec is valid, none duplicated
     assert len(specs) == len(suite.specs) == 2 * 4 + 2

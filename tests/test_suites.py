@@ -35,7 +35,7 @@ def test_quick_suite_shape():
     assert json.loads(dense.pop())["epochs"] == 8 and json.loads(retrain.pop())["epochs"] == 2
     assert get_suite("quick", "digits").specs[0].dataset == "digits"
     # every registered method is in the quick suite (one line in SUITE_METHODS or in its class)
-    assert set(methods.list()) <= {s.method for s in specs}
+    assert set(methods.registry.list()) <= {s.method for s in specs}
 
 
 def test_standard_suite_shape():
@@ -96,9 +96,37 @@ def test_methods_join_suites_with_one_line(monkeypatch):
     labels = get_suite("quick").methods()
     assert "plain(strength=5)" in labels and "listed(strength=7)" not in labels
     assert [s.target for s in get_suite("quick").specs if s.method == "plain"] == [0.5]
-    # a method that is not registered is simply absent
-    monkeypatch.setitem(suites.SUITE_METHODS, "quick", [("not-landed-yet", {})])
-    assert "not-landed-yet" not in get_suite("quick").methods()
+
+
+def test_misspelt_suite_entries_are_errors(monkeypatch):
+    # a method the table names but nobody registered is an error naming the entry and the known methods
+    monkeypatch.setitem(suites.SUITE_METHODS, "quick", [("magnitdue", {"scope": "layer"})])
+    with pytest.raises(ConfigError, match=r"SUITE_METHODS\['quick'\] entry \('magnitdue'.*not registered; "
+                                          r"known methods: .*magnitude"):
+        get_suite("quick")
+    # so is a hyperparameter the method does not have, in the table ...
+    monkeypatch.setitem(suites.SUITE_METHODS, "quick", [("magnitude", {"scpoe": "layer"})])
+    with pytest.raises(ConfigError, match=r"'magnitude' has no hyperparameter 'scpoe'; known: .*scope"):
+        method_entries("quick")
+    # ... or in a method's own suite_hparams
+    monkeypatch.setitem(suites.SUITE_METHODS, "quick", [])
+    monkeypatch.setitem(methods._REGISTRY, "misspelt", _Misspelt)
+    with pytest.raises(ConfigError, match=r"_Misspelt.suite_hparams\['quick'\]: .*no hyperparameter 'strenght'"):
+        method_entries("quick")
+
+
+class _Misspelt(_Plain):
+    suite_hparams = {"quick": {"strenght": 2.0}}
+
+
+def test_suite_registry(monkeypatch):
+    assert {"quick", "standard"} <= set(suites.registry.list())
+    assert "quick" in suites.registry and "nope" not in suites.registry
+    monkeypatch.setattr(suites.registry, "_entries", dict(suites.registry._entries))
+    with pytest.raises(ConfigError, match="suite 'quick' is registered twice"):
+        suites.register_suite("quick")(lambda dataset=None: suites.Suite("other"))
+    suites.register_suite("tiny-registered")(lambda dataset=None: [])
+    assert get_suite("tiny-registered") == suites.Suite("tiny-registered")
 
 
 TOML = """

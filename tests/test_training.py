@@ -72,8 +72,59 @@ def test_callbacks_and_extra_loss(tiny_net, tiny_data):
         def on_train_end(self, state):
             events.append("end")
 
-    state = train(tiny_net, tiny_data, TrainConfig(epochs=2, batch_size=128), callbacks=[Recorder()], progress=False)
+    import copy
+
+    plain_net = copy.deepcopy(tiny_net)
+    config = TrainConfig(epochs=2, batch_size=128)
+    state = train(tiny_net, tiny_data, config, callbacks=[Recorder()], progress=False)
     assert events == ["begin", ("epoch", 1), ("epoch", 2), "end"]
+    assert state.step == 4 and len(state.history) == 2
+    # A constant extra term changes neither the updates nor the recorded (task) loss.
+    plain = train(plain_net, tiny_data, config, progress=False)
+    for a, b in zip(tiny_net.parameters(), plain_net.parameters()):
+        assert torch.equal(a, b)
+    assert [h["train_loss"] for h in state.history] == [h["train_loss"] for h in plain.history]
+
+
+class _GradRecorder(Callback):
+    """Records every parameter's gradient after each step (the loop zeroes them only at the next)."""
+
+    def __init__(self):
+        self.grads = []
+
+    def on_batch_end(self, state):
+        self.grads.append({n: p.grad.clone() for n, p in state.model.named_parameters()})
+
+
+class _WeightPenalty(_GradRecorder):
+    """Adds c·||fc1.weight||² to the loss."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def extra_loss(self, state):
+        return self.c * state.model.fc1.weight.pow(2).sum()
+
+
+def test_extra_loss_adds_its_gradient_and_only_its_gradient(tiny_net, tiny_data):
+    import copy
+
+    c = 0.25
+    config = TrainConfig(epochs=1, batch_size=64, optimizer="sgd", momentum=0.0, lr=0.1)
+    plain_net = copy.deepcopy(tiny_net)
+    w0 = tiny_net.fc1.weight.detach().clone()
+    plain, penalised = _GradRecorder(), _WeightPenalty(c)
+    train(plain_net, tiny_data, config, callbacks=[plain], progress=False)
+    train(tiny_net, tiny_data, config, callbacks=[penalised], progress=False)
+    first_plain, first_penalised = plain.grads[0], penalised.grads[0]
+    # d(c·||w||²)/dw = 2c·w, added to the task gradient of the same (identically ordered) batch.
+    torch.testing.assert_close(first_penalised["fc1.weight"] - first_plain["fc1.weight"], 2 * c * w0,
+                               rtol=1e-5, atol=1e-6)
+    for name, grad in first_plain.items():
+        if name != "fc1.weight":
+            assert torch.equal(first_penalised[name], grad), name
+    assert tiny_net.fc1.weight.norm() < plain_net.fc1.weight.norm()  # the penalty shrinks what it acts on
 
 
 def test_gradient_clipping_bounds_the_update(tiny_net, tiny_data):
@@ -103,3 +154,12 @@ def test_bad_config_is_a_clear_error():
         TrainConfig(lr=0)
     with pytest.raises(ConfigError, match="unknown training option"):
         TrainConfig.from_dict({"epochz": 3})
+
+
+def test_progress_bar_is_shown_only_when_asked(tiny_net, tiny_data, capsys, monkeypatch):
+    config = TrainConfig(epochs=1, batch_size=128)
+    train(tiny_net, tiny_data, config, progress=True, label="warm-up")
+    assert "warm-up" in capsys.readouterr().err
+    monkeypatch.setenv("PRUNELAB_PROGRESS", "1")
+    train(tiny_net, tiny_data, config, label="quiet")  # stderr is no terminal here: no bar
+    assert "quiet" not in capsys.readouterr().err

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from prunelab.utils.version import __version__
 
 from prunelab import errors
 from prunelab.core import masks, metrics

@@ -15,7 +15,8 @@ def prune(model: nn.Module, method: str = "magnitude", sparsity: float = 0.5, ma
 
     Args:
         model: a trained network.
-        method: a registered one-shot method (``prunelab.methods.list("oneshot")``).
+        method: a registered one-shot method (a name in ``prunelab.methods.registry.list()`` whose
+            class has ``family == "oneshot"``).
         sparsity: fraction of the prunable weights pruned afterwards, in [0, 1).
         masks: current masks; new prunes come from the survivors.
         calib: calibration data (a ``Split``) for data-aware methods (FeTa, Net-Trim, L-OBS).

@@ -166,37 +166,27 @@ STUDY_SUITE_DESCRIPTION = ("Pitas et al.'s depth and latent-dimensionality studi
 def _run_pitas_studies(args) -> int:
     """The studies are not pruning runs of the store: they write OUT/studies/*.json and figures,
     and a self-contained report of their own (OUT/studies/report.html and report.md)."""
-    import base64
-    import html
-    import json
-
     from prunelab.reproductions.pitas.studies import run_pitas_studies
+    from prunelab.utils.render import Document, Figure, Paragraph, Section, write_document
 
     dataset = args.dataset or "fashion-mnist"
     out = Path(args.out) if args.out else Path("runs") / "pitas-studies"
     (out / "studies").mkdir(parents=True, exist_ok=True)
     results = run_pitas_studies(out, dataset, data_dir=args.data_dir,
                                 log=lambda line: print(line, file=sys.stderr))
-    folder = out / "studies"
-    md = ["# Pitas et al. studies", ""]
-    body = ["<h1>Pitas et al. studies</h1>"]
+    sections = []
     for res in results:
         model, data_info = res.get("model") or {}, res.get("dataset") or {}
         model_name = model.get("name", "") if isinstance(model, dict) else str(model)
         data_name = data_info.get("name", dataset) if isinstance(data_info, dict) else str(data_info)
         title = f"{res.get('study', 'study')} study: {model_name} on {data_name}"
-        text = (res.get("claims") or {}).get("text", "")
-        md += [f"## {title}", "", text, ""]
-        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text)}</p>"]
+        blocks = [Paragraph((res.get("claims") or {}).get("text", ""))]
         figure = res.get("figure")
         if figure and Path(figure).is_file():
-            md += [f"![{title}]({Path(figure).name})", ""]
-            data = base64.b64encode(Path(figure).read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(title)}" style="max-width:100%" src="data:image/png;base64,{data}">')
-    (folder / "report.md").write_text("\n".join(md), encoding="utf-8")
-    page = "<!doctype html><meta charset='utf-8'><title>Pitas et al. studies</title>" + "".join(body)
-    (folder / "report.html").write_text(page, encoding="utf-8")
-    print(f"wrote {folder / 'report.html'} and {folder / 'report.md'}", file=sys.stderr)
+            blocks.append(Figure(title, Path(figure).read_bytes(), title))
+        sections.append(Section(title, blocks))
+    written = write_document(Document("Pitas et al. studies", [], sections), out / "studies")
+    print(f"wrote {written['html']} and {written['markdown']}", file=sys.stderr)
     return 0
 
 
@@ -208,7 +198,7 @@ def cmd_bench(args) -> int:
     from prunelab.harness.store import Store, open_store
 
     if args.list:
-        for name in suites.list_suites():
+        for name in suites.registry.list():
             print(f"{name}: {suites.get_suite(name).description}")
         print(f"pitas-studies: {STUDY_SUITE_DESCRIPTION}")
         return 0

@@ -17,11 +17,11 @@ and ranks timing side by side would compete for the same cores.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from prunelab.training import distributed
 from prunelab.errors import CheckpointError, ConfigError
+from prunelab.utils.io import atomic_write_json
 
 SUFFIXES = {"sparse": ".sparse.safetensors", "onnx": ".onnx", "dense": ".dense.safetensors"}
 
@@ -182,5 +182,5 @@ def cmd_latency(args) -> int:
             print(f"batch {batch:>4}: dense {row['dense_us']:.1f} µs, sparse {row['sparse_us']:.1f} µs "
                   f"({row['speedup']:.2f}x){ort}  [{chosen}]")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        atomic_write_json(args.json, result, indent=2, finite=True)
     return 0

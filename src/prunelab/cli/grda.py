@@ -2,7 +2,7 @@
 
 - ``grda train`` trains a model from its seeded initialisation with gRDA and saves a checkpoint
   whose masks are the non-zero pattern; ``--c 0`` is plain SGD without momentum on the same
-  schedule (the paper's baseline), so two calls with one ``--seed`` give the pair the valley
+  schedule (the baseline of Chao et al. 2020), so two calls with one ``--seed`` give the pair the valley
   check compares.
 - ``grda search`` bisects c for a target sparsity at a fixed μ in short runs.
 - ``study valley A B`` evaluates loss and accuracy on the straight line between two checkpoints
@@ -16,35 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-from pathlib import Path
 
-from prunelab.training import distributed
-from prunelab.cli.main import add_data_args, load_data
+from prunelab.cli.common import add_data_args, load_data, nested_subparsers
+from prunelab.cli.options import add_train_options, train_config
+from prunelab.cli.studies import study_subparsers
 from prunelab.errors import ConfigError
+from prunelab.training import distributed
+from prunelab.utils.io import atomic_write_json
 
-
-def _nested(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
-    """The sub-command group ``name`` (``prunelab NAME ...``), created on first use.
-
-    Several ``cli_*`` modules add commands under one group (``study``): whoever comes first
-    creates it, later ones find its sub-parsers action and add to it.
-    """
-    parser = sub.choices.get(name)
-    if parser is None:
-        parser = sub.add_parser(name, help=help_text)
-        return parser.add_subparsers(dest=f"{name}_command", parser_class=type(parser), metavar="COMMAND")
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise ConfigError(f"internal: command {name!r} exists but has no sub-commands")
+# The training fields gRDA honours: it replaces the optimizer (no momentum, weight decay, betas),
+# and the LR schedule is --grda-schedule's unless that is "config".
+GRDA_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "schedule", "step_epochs", "gamma", "clip_grad_norm",
+                     "eval_batch_size")
 
 
 def _add_grda_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mu", type=float, default=0.55, help="time exponent μ (0.5 < μ < 1; default 0.55)")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate (the SGD-without-momentum rate)")
-    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threshold-all", action="store_true",
                    help="threshold biases and norm parameters too (the official code does)")
     p.add_argument("--model", default="lenet5", help="model name (see `prunelab info`)")
@@ -67,14 +55,13 @@ def cmd_grda_train(args) -> int:
     from prunelab.core.checkpoints import save_checkpoint
     from prunelab.core.masks import Masks
     from prunelab.methods.grda.method import train_grda
-    from prunelab.training.loop import TrainConfig, evaluate
+    from prunelab.training.loop import evaluate
 
+    config = train_config(args, optimizer="sgd", momentum=0.0)
     data = load_data(args)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=args.lr,
-                         momentum=0.0, seed=args.seed)
     model = _factory(args, data)()
     t0 = time.perf_counter()
-    records, _ = train_grda(model, data, config, args.c, args.mu, schedule=args.schedule,
+    records, _ = train_grda(model, data, config, args.c, args.mu, schedule=args.grda_schedule,
                             threshold_all=args.threshold_all, log=None if args.quiet else print)
     seconds = time.perf_counter() - t0
     test = evaluate(model, data.test)
@@ -84,7 +71,7 @@ def cmd_grda_train(args) -> int:
           f" ({final.get('sparsity_all', 0.0):.4f} of all parameters); {seconds:.1f}s")
     extra = {"dataset": args.dataset, "normalize": args.normalize, "val_size": args.val_size,
              "train": config.to_dict(),
-             "grda": {"c": args.c, "mu": args.mu, "schedule": args.schedule, "threshold_all": args.threshold_all},
+             "grda": {"c": args.c, "mu": args.mu, "schedule": args.grda_schedule, "threshold_all": args.threshold_all},
              "history": records}
     if distributed.is_main():
         out = save_checkpoint(args.out, model, masks, metrics={"test": test, "train_seconds": seconds}, extra=extra)
@@ -94,11 +81,10 @@ def cmd_grda_train(args) -> int:
 
 def cmd_grda_search(args) -> int:
     from prunelab.methods.grda.method import search_c
-    from prunelab.training.loop import TrainConfig
 
+    config = train_config(args, momentum=0.0)
     data = load_data(args)
-    config = TrainConfig(batch_size=args.batch_size, lr=args.lr, momentum=0.0, seed=args.seed)
-    result = search_c(_factory(args, data), data, args.mu, args.target, config, epochs=args.epochs,
+    result = search_c(_factory(args, data), data, args.mu, args.target, config, epochs=config.epochs,
                       c_low=args.c_low, c_high=args.c_high, iterations=args.iterations,
                       tolerance=args.tolerance, threshold_all=args.threshold_all,
                       log=None if args.quiet else print)
@@ -152,26 +138,25 @@ def cmd_valley(args) -> int:
                       labels=(args.label_a, args.label_b))
     print(f"saved {out}")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"a": args.a, "b": args.b, "results": results, "barrier": barriers}, indent=1))
-        os.replace(tmp, path)   # never a half-written file
+        path = atomic_write_json(args.json, {"a": args.a, "b": args.b, "results": results, "barrier": barriers},
+                                 finite=True, mkdir=True)
         print(f"saved {path}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``grda train``, ``grda search`` and ``study valley`` to the ``prunelab`` parser."""
-    grda = _nested(sub, "grda", "train with the gRDA optimizer (directional pruning) or search its c")
+    grda = nested_subparsers(sub, "grda", "train with the gRDA optimizer (directional pruning) or search its c")
 
     p = grda.add_parser("train", help="train from the seeded init with gRDA, save a checkpoint (--c 0: plain SGD)")
     add_data_args(p)
     _add_grda_args(p)
     p.add_argument("--c", type=float, default=0.005, help="threshold scale c (0: plain SGD without momentum)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--schedule", default="cifar", choices=("cifar", "constant"),
-                   help="cifar: lr factor 1 for 50%% of the epochs, linear to 0.01 at 90%%, then 0.01")
+    p.add_argument("--grda-schedule", default="cifar", choices=("cifar", "constant", "config"),
+                   help="lr factor over the run: cifar (1 for 50%% of the epochs, linear to 0.01 at 90%%, then "
+                        "0.01), constant, or config (the training --schedule)")
+    add_train_options(p, title="training (gRDA replaces the optimizer: no momentum, weight decay or betas)",
+                      only=GRDA_TRAIN_FIELDS, epochs=15, lr=0.05)
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.safetensors)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=cmd_grda_train)
@@ -180,7 +165,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     _add_grda_args(p)
     p.add_argument("--target", type=float, required=True, help="wanted sparsity of the prunable weights, in [0, 1)")
-    p.add_argument("--epochs", type=int, default=1, help="length of each short run")
+    add_train_options(p, title="each short run (cifar lr schedule)", only=("epochs", "batch_size", "lr"),
+                      epochs=1, lr=0.05)
     p.add_argument("--iterations", type=int, default=8, help="short runs at most")
     p.add_argument("--tolerance", type=float, default=0.01, help="stop when this close to the target")
     p.add_argument("--c-low", type=float, default=1e-5)
@@ -188,8 +174,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_grda_search)
 
-    study = _nested(sub, "study", "studies of trained networks")
-    p = study.add_parser("valley", help="loss and accuracy on the straight line between two checkpoints")
+    p = study_subparsers(sub).add_parser("valley", help="loss and accuracy on the straight line between two checkpoints")
     p.add_argument("a", help="checkpoint at α = 0 (e.g. SGD)")
     p.add_argument("b", help="checkpoint at α = 1 (e.g. gRDA from the same init)")
     add_data_args(p, dataset_default=None)

@@ -7,18 +7,17 @@ rank 0 alone writes the round checkpoints and ``rounds.json``.
 from __future__ import annotations
 
 import json
-import math
-import os
 from pathlib import Path
 
-from prunelab.training import distributed
+from prunelab.cli.common import add_data_args, load_data
+from prunelab.cli.options import add_assignment_option, add_train_options, train_config
 from prunelab.errors import ConfigError
+from prunelab.training import distributed
+from prunelab.utils.io import atomic_write_json
 
 
 def register(subparsers) -> None:
     """Add the ``pqi`` and ``iterate`` sub-commands."""
-    from prunelab.cli.main import add_data_args
-
     p = subparsers.add_parser("pqi", help="PQ Index (and Gini index) of a checkpoint, per layer and globally")
     p.add_argument("checkpoint", help="a prunelab checkpoint (.safetensors)")
     p.add_argument("--scope", default="layer", choices=("global", "layer", "neuron"),
@@ -33,33 +32,31 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_pqi)
 
     p = subparsers.add_parser("iterate", help="iterative pruning: one-shot (os), lottery ticket (lt) or SAP rounds")
-    p.add_argument("--schedule", required=True, choices=("os", "lt", "sap"))
+    p.add_argument("--pruning-schedule", required=True, choices=("os", "lt", "sap"),
+                   help="how each round cuts the mask: os (a fixed fraction, by the magnitudes of the dense "
+                        "trained weights), lt (by the weights retrained in the round: lottery ticket) or sap "
+                        "(a count bounded by the PQ Index)")
     p.add_argument("--model", default="mlp", help="model name (see `prunelab info`)")
-    p.add_argument("--model-arg", action="append", metavar="NAME=VALUE", help="model keyword argument (JSON value)")
+    add_assignment_option(p, "--model-arg", "model keyword argument (JSON value)")
     add_data_args(p)
     p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
     p.add_argument("--rounds", type=int, default=10, help="pruning rounds T (T+1 trainings; the paper: 30)")
-    p.add_argument("--epochs", type=int, default=5, help="epochs per round (the paper: 200)")
     p.add_argument("--scope", default="global", choices=("global", "layer", "neuron"))
     p.add_argument("--rate", type=float, default=0.2, help="os/lt: fraction of remaining weights pruned per round")
     p.add_argument("--p", type=float, default=0.5, help="PQ Index p (SAP, and the value recorded every round)")
     p.add_argument("--q", type=float, default=1.0, help="PQ Index q")
     p.add_argument("--eta-r", type=float, default=0.0, help="SAP eta_r")
-    p.add_argument("--gamma", type=float, default=1.0, help="SAP gamma")
+    p.add_argument("--sap-gamma", type=float, default=1.0, help="SAP gamma")
     p.add_argument("--beta", type=float, default=0.9, help="SAP cap on the fraction pruned per round")
     p.add_argument("--rewind", default="init", choices=("init", "k", "none"))
     p.add_argument("--rewind-step", type=int, default=0, help="k for --rewind k (optimizer steps of round 0)")
     p.add_argument("--select", default="val", choices=("val", "last"), help="checkpoint of each round: best validation epoch, or last")
     p.add_argument("--target", type=float, default=0.0, help="stop at this sparsity (0: run every round)")
     p.add_argument("--no-grid", action="store_true", help="do not record the p x q PQ Index grid")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--no-nesterov", action="store_true")
-    p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine", "step", "linear"))
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: none)")
-    p.add_argument("--seed", type=int, default=0)
+    add_train_options(p, title="training of every round (the paper: 200 epochs)", epochs=5, batch_size=250,
+                      optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                      schedule="cosine", clip_grad_norm=1.0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the validation split, the initialisation and the batch order")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--out", "-o", required=True, help="directory for round_XXX.safetensors and rounds.json")
     p.add_argument("--quiet", action="store_true", help="no per-round lines")
@@ -135,69 +132,26 @@ def cmd_pqi(args) -> int:
 
 # -- iterate ----------------------------------------------------------------------------------------
 
-def _model_kwargs(items) -> dict:
-    kwargs = {}
-    for text in items or []:
-        if "=" not in text:
-            raise ConfigError(f"--model-arg expects NAME=VALUE, got {text!r}")
-        key, value = text.split("=", 1)
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
-    return kwargs
-
-
-def _finite(obj):
-    """NaN and infinities as None, so the file is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_json(path: Path, obj) -> None:
-    """Write atomically: a temp file beside the target, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(_finite(obj), indent=1, allow_nan=False))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def cmd_iterate(args) -> int:
     """Run an OS / LT / SAP schedule and save every round."""
     import torch
 
-    from prunelab import data as pdata
     from prunelab import models
     from prunelab.methods.iterative import iterate
-    from prunelab.training.loop import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be a positive number of samples, got {args.limit}")
-    val = args.val_size
-    if val is not None:
-        val = int(val) if val >= 1 else float(val)
-    ds = pdata.load(args.dataset, data_dir=args.data_dir, val_size=val, seed=args.seed,
-                    normalize=args.normalize, limit=args.limit)
+    # Nesterov is on by default here but applies to SGD with momentum only: elsewhere it is off, not an error.
+    config = train_config(args, nesterov=args.nesterov and args.optimizer == "sgd" and args.momentum > 0)
+    ds = load_data(args, limit=args.limit)
     torch.manual_seed(args.seed)
-    model = models.create(args.model, ds.in_shape, ds.num_classes, **_model_kwargs(args.model_arg))
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=args.lr,
-                         momentum=args.momentum, nesterov=not args.no_nesterov and args.momentum > 0,
-                         weight_decay=args.weight_decay, schedule=args.lr_schedule,
-                         clip_grad_norm=args.clip if args.clip > 0 else None, seed=args.seed)
+    model = models.create(args.model, ds.in_shape, ds.num_classes, **dict(args.model_arg or []))
     fields = dict(scope=args.scope, rewind=args.rewind, rewind_step=args.rewind_step, select=args.select,
                   p=args.p, q=args.q, record_grid=not args.no_grid)
-    if args.schedule == "sap":
-        fields.update(eta_r=args.eta_r, gamma=args.gamma, beta=args.beta)
+    if args.pruning_schedule == "sap":
+        fields.update(eta_r=args.eta_r, gamma=args.sap_gamma, beta=args.beta)
     else:
         fields.update(rate=args.rate)
     out = Path(args.out)
@@ -207,13 +161,13 @@ def cmd_iterate(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     print(f"data: {ds.name} ({len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test); "
-          f"model {args.model}; {args.schedule} for {args.rounds} rounds x {args.epochs} epochs", flush=True)
-    result = iterate(model, ds, args.schedule, rounds=args.rounds, train_config=config, target=args.target,
+          f"model {args.model}; {args.pruning_schedule} for {args.rounds} rounds x {args.epochs} epochs", flush=True)
+    result = iterate(model, ds, args.pruning_schedule, rounds=args.rounds, train_config=config, target=args.target,
                      checkpoint_dir=out, log=log, **fields)
-    summary = {"schedule": args.schedule, "model": args.model, "dataset": ds.name, "info": result.info,
+    summary = {"schedule": args.pruning_schedule, "model": args.model, "dataset": ds.name, "info": result.info,
                "phase_times": result.phase_times, "rounds": result.rounds}
     if distributed.is_main():
-        _write_json(out / "rounds.json", summary)
+        atomic_write_json(out / "rounds.json", summary, finite=True)
     print(f"\n{'round':>5} {'density':>9} {'pruned acc':>11} {'retrained':>10} {'PQ Index':>9}")
     for r in result.rounds:
         pruned = "-" if r["pruned_test_top1"] is None else f"{r['pruned_test_top1']:.2%}"

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import time
 
-from prunelab.training import distributed
+from prunelab.cli.common import add_data_args, checkpoint_data, print_eval
+from prunelab.cli.options import add_train_options, train_config
 from prunelab.errors import ConfigError, MethodError
+from prunelab.training import distributed
+from prunelab.utils.io import plain_json
 
 
 def register(subparsers) -> None:
     """Add the ``ltp`` sub-command."""
-    from prunelab.cli.main import add_data_args, add_train_args
-
     p = subparsers.add_parser(
         "ltp", help="learned threshold pruning of a checkpoint: train thresholds, print the trail, pick, fine-tune")
     p.add_argument("checkpoint", help="a trained (dense) prunelab checkpoint")
@@ -28,8 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=2.0, help="T0 of T_l = T0 * Var|w_l| (default 2)")
     p.add_argument("--threshold-lr", type=float, default=1.0, help="learning rate of the relative thresholds")
     p.add_argument("--gradient", default="approx", choices=("approx", "exact"),
-                   help="d v / d w: the paper's Eq. 14 approximation, or exact")
-    add_train_args(p, epochs=8, optimizer="sgd", lr=0.03)
+                   help="d v / d w: the approximation of Azarian et al. 2020 (Eq. 14), or exact")
+    add_train_options(p, title="training of the network and its thresholds", epochs=8, optimizer="sgd", lr=0.03)
     p.add_argument("--target-compression", type=float, default=None,
                    help="pick the trail entry of smallest compression >= this (e.g. 40), and stop training there")
     p.add_argument("--no-stop", action="store_true",
@@ -41,9 +42,10 @@ def register(subparsers) -> None:
                    help="optimizer steps between checks of the target compression (default 10)")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="pick the most compressed entry with validation top-1 >= this fraction (e.g. 0.89)")
-    add_train_args(p, prefix="finetune-", epochs=0, optimizer="adam", lr=3e-3)
+    add_train_options(p, prefix="finetune-", title="fine-tuning of the picked network, mask fixed (none with --finetune-epochs 0)",
+                      epochs=0, optimizer="adam", lr=3e-3)
     p.add_argument("--trail-dir", default=None, help="also save every trail network there as a checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the validation split and the training runs")
     p.add_argument("--json", action="store_true", help="print the trail and the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--out", "-o", required=True, help="the picked (and fine-tuned) network, a checkpoint")
@@ -55,8 +57,6 @@ def cmd_ltp(args) -> int:
     import torch
 
     from prunelab.core.checkpoints import load_checkpoint, save_checkpoint
-    from prunelab.cli.main import _checkpoint_data, _print_eval, train_config
-    from prunelab.cli.iterate import _finite
     from prunelab.methods.ltp import learn_thresholds, restore_at_target
     from prunelab.core.metrics import summary
     from prunelab.training.loop import evaluate, train
@@ -73,15 +73,15 @@ def cmd_ltp(args) -> int:
         raise ConfigError(f"--check-every must be >= 1, got {args.check_every}")
     if args.finetune_epochs < 0:
         raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    config, finetune = train_config(args), train_config(args, "finetune_")
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt.masks is not None and ckpt.masks.kept() < ckpt.masks.total():
         raise ConfigError(f"{args.checkpoint} is already pruned ({ckpt.masks.sparsity():.2%} sparse); "
                           "LTP starts from a dense model")
-    data = _checkpoint_data(args, ckpt.meta)
+    data = checkpoint_data(args, ckpt.meta)
     if len(data.val) == 0:
         raise ConfigError("LTP picks from its trail on the validation split, which is empty; pass --val-size")
     torch.manual_seed(args.seed)
-    config = train_config(args)
     model = ckpt.model
     log = (lambda line: None) if args.quiet or args.json else print
     stop = args.target_compression if args.target_compression is not None and not args.no_stop else None
@@ -91,7 +91,7 @@ def cmd_ltp(args) -> int:
         threshold_lr=args.threshold_lr, gradient=args.gradient, stop_at_compression=stop,
         check_every=args.check_every, checkpoint_dir=args.trail_dir, log=log)
     seconds = time.perf_counter() - t0
-    records = [_finite(e.record()) for e in trail]
+    records = [plain_json(e.record(), finite=True) for e in trail]
     if not args.json:
         print(f"{'epoch':>5}  {'step':>6}  {'compression':>11}  {'val top-1':>9}  {'transition':>10}")
         for e in trail:
@@ -106,7 +106,7 @@ def cmd_ltp(args) -> int:
             kept = f"; the trail networks are in {args.trail_dir}" if args.trail_dir else \
                 "; --trail-dir keeps every trail network"
             raise MethodError(f"{exc}{kept}") from None
-    metrics = {"ltp_seconds": seconds, "picked_val_top1": _finite(entry.val_top1)}
+    metrics = {"ltp_seconds": seconds, "picked_val_top1": plain_json(entry.val_top1, finite=True)}
     if args.exact:
         masks, matched = restore_at_target(model, trail, entry, 1.0 - 1.0 / args.target_compression, log=log)
         metrics.update(matched)
@@ -117,7 +117,7 @@ def cmd_ltp(args) -> int:
               f"validation top-1 {entry.val_top1:.2%}")
     if args.finetune_epochs > 0:
         t1 = time.perf_counter()
-        train(model, data, train_config(args, "finetune_"), masks=masks, select_best=True,
+        train(model, data, finetune, masks=masks, select_best=True,
               progress=None if not (args.quiet or args.json) else False, label="ltp fine-tune")
         metrics["finetune_seconds"] = time.perf_counter() - t1
     metrics["test"] = evaluate(model, data.test)
@@ -134,6 +134,6 @@ def cmd_ltp(args) -> int:
                           "test_top1": metrics["test"]["top1"], "compression_ratio": s["compression_ratio"],
                           "out": str(out)}, indent=1))
     else:
-        _print_eval("test", metrics["test"])
+        print_eval("test", metrics["test"])
         print(f"saved {out} ({s['compression_ratio']:.2f}x, sparsity {s['sparsity']:.4f})")
     return 0

@@ -1,15 +1,17 @@
 """CLI of the Pitas et al. studies: ``prunelab study depth`` and ``prunelab study latent``.
 
 Both write ``OUT/studies/<study>.json`` and a PNG figure (see :mod:`prunelab.reproductions.pitas.studies`) and print
-the verdict on the paper's claim. Other ``cli_*`` modules add commands under the same ``study``
-group (``study valley``): :func:`study_subparsers` creates the group or reuses it.
+the verdict on the paper's claim. Other command modules add commands under the same ``study``
+group (:mod:`prunelab.cli.grda` adds ``study valley``): :func:`study_subparsers` creates the group
+or reuses it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
+from prunelab.cli.common import add_data_args, load_data, nested_subparsers
+from prunelab.cli.options import add_assignment_option
 from prunelab.errors import ConfigError
 
 DEFAULT_OUT = "prunelab-out"
@@ -18,36 +20,15 @@ DEFAULT_OUT = "prunelab-out"
 def study_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The sub-parsers of ``prunelab study``, created on first use and reused afterwards.
 
-    The group's parser keeps its sub-parsers action as ``_study_subparsers``; a group created by
-    a module that did not set it is searched for its sub-parsers action instead (argparse allows
-    only one per parser).
-
     Args:
         sub: the top-level sub-parsers action of ``prunelab``.
 
     Returns:
-        The action to call ``add_parser`` on.
+        The action to call ``add_parser`` on (also kept as the group parser's ``_study_subparsers``).
     """
-    parser = sub.choices.get("study")
-    if parser is None:
-        parser = sub.add_parser("study", help="studies of trained networks (depth, latent, valley)")
-    nested = getattr(parser, "_study_subparsers", None)
-    if nested is None:
-        nested = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    if nested is None:
-        nested = parser.add_subparsers(dest="study_command", parser_class=type(parser), metavar="STUDY")
-    parser._study_subparsers = nested
+    nested = nested_subparsers(sub, "study", "studies of trained networks (depth, latent, valley)", metavar="STUDY")
+    sub.choices["study"]._study_subparsers = nested
     return nested
-
-
-def _model_arg(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--model-arg expects NAME=VALUE (VALUE in JSON), got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def _sparsities(text: str) -> tuple[float, ...]:
@@ -63,12 +44,9 @@ def _sparsities(text: str) -> tuple[float, ...]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from prunelab.cli.main import add_data_args
-
     add_data_args(p)
     p.add_argument("--model", default=None, help="model name (see `prunelab info`)")
-    p.add_argument("--model-arg", type=_model_arg, action="append", metavar="NAME=VALUE",
-                   help="model option (JSON value), e.g. widths=[8,16,32]")
+    add_assignment_option(p, "--model-arg", "model option (JSON value), e.g. widths=[8,16,32]")
     p.add_argument("--budget", default="quick", help="preset of seeds/epochs/samples/sparsities: smoke, quick, standard (default quick)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds, one trained model each (overrides the budget)")
     p.add_argument("--epochs", type=int, default=None, help="dense training epochs (Adam)")
@@ -118,7 +96,6 @@ def _finish(results, args) -> int:
 def cmd_depth(args) -> int:
     """``prunelab study depth``: prune only layer i, and layers ≥ i, of trained models."""
     from prunelab.core.checkpoints import load_checkpoint
-    from prunelab.cli.main import load_data
     from prunelab.reproductions.pitas.studies import run_depth_study
 
     log = _setup(args)
@@ -161,7 +138,6 @@ def cmd_latent(args) -> int:
     """``prunelab study latent``: train on PCA-k data, hard-threshold the first layer."""
     import math
 
-    from prunelab.cli.main import load_data
     from prunelab.reproductions.pitas.studies import run_latent_study
 
     log = _setup(args)

@@ -4,22 +4,30 @@ One file holds ``param/<name>`` and ``buffer/<name>`` tensors, ``mask/<name>`` b
 uint8), and in the safetensors header metadata under ``"prunelab"`` a JSON document with the model
 config (``model.prunelab_config``: name, kwargs, input shape, classes), metrics and anything else.
 Writes are atomic: a temp file beside the target, then ``os.replace``.
+
+Loading without a model rebuilds it from the stored config with the *model builder*: the core
+knows nothing of the model zoo, so ``prunelab.models`` installs its ``from_config`` here when it is
+imported (:func:`set_model_builder`); a caller may also pass its own ``build``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from prunelab.errors import CheckpointError, PrunelabError
 from prunelab.core.masks import Masks
+from prunelab.errors import CheckpointError, PrunelabError
+from prunelab.utils import atomic_path, plain_json
 
 FORMAT_VERSION = 1
+
+ModelBuilder = Callable[[dict], nn.Module]
+_model_builder: ModelBuilder | None = None
 
 
 @dataclass
@@ -31,8 +39,40 @@ class Checkpoint:
     meta: dict
 
 
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+def set_model_builder(build: ModelBuilder | None) -> None:
+    """Set how :func:`load_checkpoint` rebuilds a model from a stored config when given none.
+
+    Args:
+        build: ``build(config) -> nn.Module`` for a ``model.prunelab_config`` dict;
+            ``prunelab.models`` installs ``prunelab.models.from_config`` when it is imported.
+    """
+    global _model_builder
+    _model_builder = build
+
+
+def rebuild_model(config: dict | None, path, build: ModelBuilder | None = None) -> nn.Module:
+    """A fresh model built from a checkpoint's stored config.
+
+    Args:
+        config: the stored ``model.prunelab_config`` (None or empty when none was stored).
+        path: the checkpoint, for messages.
+        build: the builder; default the one set with :func:`set_model_builder`.
+
+    Returns:
+        The new model (freshly initialised weights).
+
+    Raises:
+        CheckpointError: no config stored, no builder, or the config does not build.
+    """
+    build = build or _model_builder
+    if not config:
+        raise CheckpointError(f"{path}: no model config stored; pass the model to load into")
+    if build is None:
+        raise CheckpointError(f"{path}: no model builder is set (import prunelab.models); pass the model to load into")
+    try:
+        return build(config)
+    except (PrunelabError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from None
 
 
 def save_checkpoint(path, model: nn.Module, masks: Masks | None = None, metrics: dict | None = None,
@@ -53,7 +93,6 @@ def save_checkpoint(path, model: nn.Module, masks: Masks | None = None, metrics:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, p in model.named_parameters():
         tensors[f"param/{name}"] = p.detach().cpu().contiguous().clone()
@@ -70,47 +109,63 @@ def save_checkpoint(path, model: nn.Module, masks: Masks | None = None, metrics:
         "metrics": metrics or {},
         "extra": extra or {},
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"prunelab": json.dumps(_jsonable(meta))})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, mkdir=True) as tmp:
+        save_file(tensors, str(tmp), metadata={"prunelab": json.dumps(plain_json(meta))})
     return path
 
 
-def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The raw tensors and metadata of a checkpoint; :class:`CheckpointError` if unreadable."""
+def read_safetensors(path, noun: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Every tensor of a safetensors file and its ``"prunelab"`` metadata, parsed from JSON.
+
+    Args:
+        path: the file.
+        noun: what the file is, for messages (``"no such checkpoint file"``).
+
+    Returns:
+        ``(tensors, metadata)``; metadata is None when the file has no ``"prunelab"`` entry.
+
+    Raises:
+        CheckpointError: the file is missing, is not safetensors, or its metadata is not JSON.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such {noun} file")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw_meta = (f.metadata() or {}).get("prunelab")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: damaged or not a safetensors checkpoint ({exc})") from None
+        raise CheckpointError(f"{path}: damaged or not a safetensors {noun} ({exc})") from None
     if raw_meta is None:
-        raise CheckpointError(f"{path}: a safetensors file without prunelab metadata (not a prunelab checkpoint)")
+        return tensors, None
     try:
-        meta = json.loads(raw_meta)
+        return tensors, json.loads(raw_meta)
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: its prunelab metadata is not valid JSON (damaged file)") from None
-    if meta.get("format") != "prunelab-checkpoint":
-        raise CheckpointError(f"{path}: not a prunelab checkpoint (format {meta.get('format')!r})")
+
+
+def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The raw tensors and metadata of a checkpoint; :class:`CheckpointError` if unreadable."""
+    tensors, meta = read_safetensors(path)
+    if meta is None:
+        raise CheckpointError(f"{path}: a safetensors file without prunelab metadata (not a prunelab checkpoint)")
+    found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    if found != "prunelab-checkpoint":
+        raise CheckpointError(f"{path}: not a prunelab checkpoint (format {found!r})")
     return tensors, meta
 
 
-def load_checkpoint(path, model: nn.Module | None = None) -> Checkpoint:
+def load_checkpoint(path, model: nn.Module | None = None, build: ModelBuilder | None = None) -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
     Args:
         path: the file.
-        model: fill this model; when omitted the model is rebuilt from the stored config with
-            ``prunelab.models.create``.
+        model: fill this model; when omitted the model is rebuilt from the stored config (see
+            :func:`rebuild_model`).
+        build: how to rebuild it; default the builder ``prunelab.models`` sets
+            (``prunelab.models.from_config``).
 
     Returns:
         A :class:`Checkpoint`.
@@ -121,15 +176,7 @@ def load_checkpoint(path, model: nn.Module | None = None) -> Checkpoint:
     """
     tensors, meta = read_checkpoint(path)
     if model is None:
-        cfg = meta.get("model")
-        if not cfg:
-            raise CheckpointError(f"{path}: no model config stored; pass the model to load into")
-        from prunelab import models
-
-        try:
-            model = models.create(cfg["name"], tuple(cfg["in_shape"]), cfg["num_classes"], **cfg.get("kwargs", {}))
-        except PrunelabError as exc:
-            raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from None
+        model = rebuild_model(meta.get("model"), path, build)
     params = {k[6:]: v for k, v in tensors.items() if k.startswith("param/")}
     buffers = {k[7:]: v for k, v in tensors.items() if k.startswith("buffer/")}
     masks = {k[5:]: v.to(torch.bool) for k, v in tensors.items() if k.startswith("mask/")}

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import CheckpointError, MaskError
+from prunelab.utils import atomic_path
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -275,10 +276,9 @@ class Masks(Mapping):
         from safetensors.torch import save_file
 
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         tensors = {n: m.to(torch.uint8).contiguous() for n, m in self._masks.items()}
-        save_file(tensors, str(tmp), metadata={"prunelab": json.dumps({"kind": "masks", "version": 1})})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"prunelab": json.dumps({"kind": "masks", "version": 1})})
         return path
 
     @classmethod

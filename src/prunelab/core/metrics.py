@@ -19,6 +19,11 @@ import torch
 from torch import nn
 
 from prunelab.core.masks import PRUNABLE_TYPES, Masks, prunable_parameters
+# The PQ Index lives in its own module; re-exported so prunelab.core.metrics.pq_index works too.
+from prunelab.core.pqi import (  # noqa: F401
+    P_GRID, PQ_SCOPES, Q_GRID, check_pq, gini_index, gini_index_model, grid_to_lists, pq_index,
+    pq_index_grid, pq_index_grid_model, pq_index_model,
+)
 
 COUNTED = (
     "prunable = weights of Linear/Conv layers (classifier included); biases and norm parameters "
@@ -159,9 +164,3 @@ def format_summary(s: dict) -> str:
         )
     lines.append(f"counted: {s['counted']}")
     return "\n".join(lines)
-
-
-try:  # the PQ Index lives in its own module; re-exported for prunelab.core.metrics.pq_index
-    from prunelab.core.pqi import *  # noqa: F401,F403
-except ImportError:  # pragma: no cover - while pqi.py is being written
-    pass

@@ -1,19 +1,45 @@
-"""Build and load the native sparse kernel (``_csrc.C_SOURCE``) with the system C compiler.
+"""Build and load the native sparse kernel (``csrc/sparse_kernel.c``) with the system C compiler.
 
-The kernel is plain C (no PyTorch headers), so it compiles in well under a second, and is called
-through ``ctypes`` with raw tensor pointers. Everything degrades gracefully: with no compiler, a
-failed build, or ``PRUNELAB_NATIVE=0`` in the environment, :func:`load` returns ``None`` and
-:mod:`prunelab.export.modules` uses PyTorch's own CSR kernels instead.
+One kernel serves ``nn.Linear`` and ``nn.Conv2d`` (groups=1): a *direct* sparse convolution in a
+batch-innermost layout, in the spirit of Park et al. 2017, "Faster CNNs with Direct Sparse
+Convolutions and Guided Pruning" (arXiv:1608.01409), instead of im2col + CSR:
 
-Builds are cached in ``$PRUNELAB_CACHE/kernels`` (default ``~/.cache/prunelab/kernels``), keyed
-by the source, the compiler, the flags and the CPU (the build uses ``-march=native``), and written
-atomically, so concurrent processes never load a half-written library.
+1. pack: ``xp[c, hp, wp, b] = x[b, c, hp - pad_top, wp - pad_left]`` (zero outside) for a block of
+   up to ``block`` samples; for a Linear layer this is a plain transpose ``x^T`` (in, batch).
+2. compute: for every output channel ``o`` and output row ``oh``, ``out[o, oh, :, :] = bias[o] +
+   sum_p val[p] * xp[tap_p + oh*sh*Wp*nb ...]`` where each non-zero ``p`` of row ``o`` of the CSR
+   weight ``W.reshape(O, C*KH*KW)`` is one *tap* offset ``(c*Hp + kh*dh)*Wp + kw*dw``. With stride 1
+   along the width, the ``Wo * nb`` outputs of one row read ``Wo * nb`` contiguous inputs, so each
+   non-zero is one long vector FMA (an implicit im2col row, never materialised). A Linear layer
+   is the 1x1 case: ``y^T[o, :] = sum_p val[p] * x^T[col_p, :]``.
+3. unpack: transpose back to ``(batch, O, Ho, Wo)``, with bias and ReLU already applied.
+
+The accumulation order differs from a dense GEMM, so results agree with PyTorch's to float32
+rounding, not bit for bit.
+
+The kernel is plain C (no PyTorch headers), read from the package with :mod:`importlib.resources`,
+compiled in about a second and called through ``ctypes`` with raw tensor pointers. The compiler is
+``$PRUNELAB_CC``, else ``$CC``, else ``gcc`` (then ``cc``). Everything degrades gracefully: with no
+compiler, a failed build, or ``PRUNELAB_NATIVE=0`` in the environment, :func:`load` returns ``None``
+and :mod:`prunelab.export.modules` uses PyTorch's own CSR kernels instead; a missing compiler or a
+failed build is logged once as a warning on the ``prunelab.export`` logger (when the kernel is
+first looked for), an explicit ``PRUNELAB_NATIVE=0`` at INFO level.
+
+Builds are cached in ``$PRUNELAB_CACHE/kernels`` (default ``$XDG_CACHE_HOME/prunelab/kernels``,
+i.e. ``~/.cache/prunelab/kernels``; a per-user folder under the system temp directory when that is
+not writable) as ``prunelab_sparse_<key>.so``, where ``<key>`` hashes the source, the compiler
+(path and ``--version``), the flags and the CPU (the build uses ``-march=native``). Libraries are
+written atomically, so concurrent processes never load a half-written one, and a second process
+(or a :func:`reset`) finds the cached library instead of compiling again.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import importlib.resources
+import logging
 import os
 import platform
 import shutil
@@ -25,9 +51,7 @@ from pathlib import Path
 
 import torch  # noqa: F401  (loaded first: its libgomp then also serves the kernel's OpenMP)
 
-from prunelab.export._csrc import C_SOURCE
-
-__all__ = ["load", "get", "status", "reset", "DESCRIPTOR_FIELDS"]
+__all__ = ["load", "get", "status", "reset", "kernel_source", "DESCRIPTOR_FIELDS"]
 
 #: Order of the int64 fields of a layer descriptor (``enum`` in the C source).
 DESCRIPTOR_FIELDS = ("C", "H", "W", "O", "HO", "WO", "KH", "KW", "SH", "SW", "PT", "PL", "DH", "DW",
@@ -44,6 +68,14 @@ _BUILD_TIMEOUT_S = 120
 
 _lock = threading.Lock()
 _state: dict = {}
+_logger = logging.getLogger("prunelab.export")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source() -> str:
+    """The C source of the kernel, as shipped in the package (``csrc/sparse_kernel.c``)."""
+    resource = importlib.resources.files("prunelab.export") / "csrc" / "sparse_kernel.c"
+    return resource.read_bytes().decode("utf-8")
 
 
 def _cache_dir() -> Path:
@@ -90,16 +122,17 @@ def _build(cc: str) -> tuple[Path | None, tuple[str, ...], str]:
     if not version:
         return None, (), f"compiler {cc!r} does not run"
     directory = _cache_dir()
+    c_source = kernel_source()
     errors = []
     for flags in _FLAG_SETS:
-        key = hashlib.sha256("\0".join([C_SOURCE, cc, version, " ".join(flags), _cpu_signature()]).encode()).hexdigest()[:20]
+        key = hashlib.sha256("\0".join([c_source, cc, version, " ".join(flags), _cpu_signature()]).encode()).hexdigest()[:20]
         target = directory / f"prunelab_sparse_{key}.so"
         if target.is_file():
             return target, flags, "cached"
         source = directory / f".prunelab_sparse_{key}_{os.getpid()}.c"
         partial = directory / f".prunelab_sparse_{key}_{os.getpid()}.so"
         try:
-            source.write_text(C_SOURCE)
+            source.write_text(c_source)
             cmd = [cc, *flags, "-std=gnu11", "-shared", "-fPIC", "-o", str(partial), str(source)]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
             if done.returncode == 0:
@@ -141,7 +174,8 @@ def load() -> ctypes.CDLL | None:
             return _state["lib"]
         started = time.perf_counter()
         lib, info = None, {}
-        if os.environ.get("PRUNELAB_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        disabled = os.environ.get("PRUNELAB_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+        if disabled:
             info = {"reason": "disabled by PRUNELAB_NATIVE=0"}
         else:
             explicit = os.environ.get("PRUNELAB_CC")
@@ -160,6 +194,12 @@ def load() -> ctypes.CDLL | None:
                         info["reason"] = f"cannot load {path}: {exc}"
         info.update(available=lib is not None, seconds=round(time.perf_counter() - started, 3))
         _state.update(lib=lib, info=info)
+        if lib is None:
+            # once per look-up: load() caches its answer, so every later layer reuses it silently;
+            # a user who switched the kernel off needs no warning about it
+            level = logging.INFO if disabled else logging.WARNING
+            _logger.log(level, "native sparse kernel unavailable (%s); sparse layers use PyTorch's CSR kernels",
+                        info["reason"])
         return lib
 
 

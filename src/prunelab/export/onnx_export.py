@@ -11,7 +11,6 @@ without sparse-initializer support need the default dense file.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torch import nn
 from prunelab.errors import ConfigError
 from prunelab.export.modules import SparseConv2d, SparseLinear
 from prunelab.export.permanent import plain_copy
+from prunelab.utils.io import atomic_path
 
 __all__ = ["export_onnx", "onnxruntime_session", "check_onnx"]
 
@@ -80,22 +80,17 @@ def export_onnx(model: nn.Module, path, input_shape=None, *, opset: int = 17, dy
     plain = plain_copy(model).eval()
     example = torch.zeros(*[int(s) for s in input_shape])
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(plain, (example,), str(tmp), input_names=["input"], output_names=["output"],
-                              dynamic_axes=axes, opset_version=opset, dynamo=False)
-        if sparse_initializers:
-            _sparsify_initializers(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, mkdir=True) as tmp:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(plain, (example,), str(tmp), input_names=["input"], output_names=["output"],
+                                  dynamic_axes=axes, opset_version=opset, dynamo=False)
+            if sparse_initializers:
+                _sparsify_initializers(tmp)
     except (ImportError, RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
         raise ConfigError(f"ONNX export failed ({exc}); is the `onnx` package installed (pip install onnx)?") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

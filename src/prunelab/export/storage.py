@@ -27,7 +27,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,7 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab.errors import CheckpointError, PrunelabError
+from prunelab.errors import CheckpointError
+from prunelab.core.checkpoints import read_safetensors, rebuild_model
+from prunelab.utils.io import atomic_path
 
 __all__ = ["save_sparse", "load_sparse", "storage_sizes", "FORMAT"]
 
@@ -264,32 +265,13 @@ def save_sparse(path, model: nn.Module, masks: Mapping[str, torch.Tensor] | None
     document = {"format": FORMAT, "version": VERSION, "model": getattr(model, "prunelab_config", None),
                 "tensors": entries, "masks": mask_info, "meta": meta or {}, "sha256": _digest(tensors)}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, mkdir=True) as tmp:
         save_file(tensors, str(tmp), metadata={"prunelab": json.dumps(document, default=str)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
 def _read(path: Path) -> tuple[dict, dict]:
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("prunelab")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: damaged or not a safetensors file ({exc})") from None
-    try:
-        document = json.loads(raw) if raw is not None else None
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: its prunelab metadata is not valid JSON (damaged file)") from None
+    tensors, document = read_safetensors(path, noun="sparse export")
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a prunelab sparse export; write one with `prunelab export --format sparse`")
     if document.get("version") != VERSION:
@@ -319,16 +301,7 @@ def load_sparse(path, model: nn.Module | None = None):
 
     path = Path(path)
     tensors, document = _read(path)
-    if model is None:
-        cfg = document.get("model")
-        if not cfg:
-            raise CheckpointError(f"{path}: no model config stored; pass the model to load into")
-        from prunelab import models
-
-        try:
-            model = models.create(cfg["name"], tuple(cfg["in_shape"]), cfg["num_classes"], **cfg.get("kwargs", {}))
-        except (PrunelabError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from None
+    model = model if model is not None else rebuild_model(document.get("model"), path)
     state = _state(model)
     entries = document.get("tensors") or {}
     if set(entries) != set(state):

@@ -1,32 +1,29 @@
 """Reports of a result store: a self-contained HTML page and a Markdown file.
 
-``prunelab report OUTDIR`` reads ``OUTDIR/results.sqlite`` and writes
-
-* ``OUTDIR/report.html``: tables and figures (PNG, base64 ``data:`` URIs), inline CSS, no
-  script and no external reference, so it opens offline and can be mailed as one file;
-* ``OUTDIR/report.md`` with the same tables and the figures as ``OUTDIR/figures/*.png``.
+``prunelab report OUTDIR`` reads ``OUTDIR/results.sqlite`` and writes ``OUTDIR/report.html`` (tables,
+figures as PNG ``data:`` URIs, inline CSS, no script and no external reference: it opens offline and
+can be mailed as one file) and ``OUTDIR/report.md`` (figures in ``OUTDIR/figures/*.png``), both
+through :func:`prunelab.utils.render.write_document`.
 
 For every (data set, model) pair: the results table (mean ± sample std over seeds, per method
 and target), accuracy vs compression ratio (log x, one line per method, error bars; before and
 after retraining), accuracy vs theoretical speedup, wall time per phase per method (stacked
 bars), and method traces (per round / per epoch: PQ Index, density, sparsity, accuracy ...).
-Accuracies are on the test split; the validation split, the only one used for selection, has its
-own column.
+Accuracies are on the test split; the validation split (the only one used for selection) has its own column.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
-import re
 import statistics
 from pathlib import Path
 
 from prunelab.errors import ConfigError
+from prunelab.harness import suites
 from prunelab.harness.store import FILENAME, Store
+from prunelab.utils.figures import new_figure, png_bytes
+from prunelab.utils.render import Document, Figure, Paragraph, Section, Table, write_document
 
 PHASE_ORDER = ("prune", "train", "retrain", "other")
 _X_KEYS = ("round", "epoch", "step", "iteration", "level")
@@ -140,21 +137,6 @@ def dense_line(by_label: dict) -> str:
 
 # --------------------------------------------------------------------------- figures
 
-def _figure(width=6.4, height=4.0):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
-
-
 def _series(by_label: dict, x_key: str, y_key: str):
     """Per label: sorted lists of (x mean, x std, y mean, y std)."""
     out = {}
@@ -201,7 +183,7 @@ def fig_accuracy_vs(by_label: dict, x_key: str, xlabel: str, title: str) -> byte
     panels = [("after retraining (final)", after)]
     if before:
         panels.insert(0, ("after pruning, before retraining", before))
-    fig = _figure(5.2 * len(panels) + 2.2, 4.2)
+    fig = new_figure(5.2 * len(panels) + 2.2, 4.2)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, series) in zip(axes, panels):
         _plot_lines(ax, series)
@@ -214,7 +196,7 @@ def fig_accuracy_vs(by_label: dict, x_key: str, xlabel: str, title: str) -> byte
     handles, labels = axes[-1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=7)
     fig.suptitle(title, fontsize=11)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def fig_phase_times(by_label: dict, title: str) -> bytes:
@@ -228,7 +210,7 @@ def fig_phase_times(by_label: dict, title: str) -> bytes:
                     if p != "dense_train" and p not in phases:
                         phases.append(p)
     phases.sort(key=lambda p: (PHASE_ORDER.index(p) if p in PHASE_ORDER else len(PHASE_ORDER), p))
-    fig = _figure(7.0, 1.2 + 0.45 * len(labels))
+    fig = new_figure(7.0, 1.2 + 0.45 * len(labels))
     ax = fig.subplots()
     left = [0.0] * len(labels)
     for phase in phases:
@@ -247,7 +229,7 @@ def fig_phase_times(by_label: dict, title: str) -> bytes:
     ax.set_title(f"{title}{note}", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(True, axis="x", alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _numeric_keys(rows: list[dict]) -> list[str]:
@@ -293,7 +275,7 @@ def fig_retrain(by_label: dict, title: str) -> bytes | None:
         return None
     cols = min(4, len(labels))
     rows = math.ceil(len(labels) / cols)
-    fig = _figure(3.2 * cols + 0.6, 2.6 * rows + 0.6)
+    fig = new_figure(3.2 * cols + 0.6, 2.6 * rows + 0.6)
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for ax, label in zip(axes, labels):
         for target in sorted(by_label[label]):
@@ -311,12 +293,12 @@ def fig_retrain(by_label: dict, title: str) -> bytes | None:
     axes[0].set_ylabel("val top-1 (%)")
     axes[0].legend(fontsize=6, title="target", title_fontsize=6)
     fig.suptitle(f"{title}: retraining with the mask fixed", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def fig_trace(by_label: dict, label: str, name: str, x_key: str, y_keys: list[str], title: str) -> bytes:
     """One trace of one method: a panel per quantity, a line per target (lowest seed)."""
-    fig = _figure(3.4 * len(y_keys) + 0.8, 3.2)
+    fig = new_figure(3.4 * len(y_keys) + 0.8, 3.2)
     axes = fig.subplots(1, len(y_keys), squeeze=False)[0]
     for target in sorted(by_label[label]):
         runs = by_label[label][target]
@@ -337,58 +319,53 @@ def fig_trace(by_label: dict, label: str, name: str, x_key: str, y_keys: list[st
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: {label}, trace '{name}'", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # --------------------------------------------------------------------------- writing
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60]
-
-
-def build(store: Store) -> dict:
-    """Everything a report shows: ``{"sections": [...], "meta": {...}}`` (figures as PNG bytes)."""
+def build(store: Store, title: str) -> Document:
+    """Everything the report shows, as a document: intro lines, then a section per (data set, model)."""
     results = store.results()
-    groups = group_results(results)
-    sections = []
-    for (dataset, model), by_label in groups.items():
-        title = f"{dataset} / {model}"
-        any_run = next(r for bt in by_label.values() for rs in bt.values() for r in rs)
-        header, rows = table(by_label, any_run.metrics.get("num_classes"))
-        figures = [
-            ("accuracy vs compression", fig_accuracy_vs(by_label, "compression_ratio",
-                                                         "compression ratio of prunable weights (log scale)", title),
-             "Test top-1 against the achieved compression ratio (prunable weights / non-zero ones); "
-             "error bars: sample std over seeds; dashed: the dense model."),
-            ("accuracy vs theoretical speedup", fig_accuracy_vs(by_label, "theoretical_speedup",
-                                                                 "theoretical speedup = FLOPs / non-zero FLOPs (log scale)", title),
-             "Test top-1 against the theoretical speedup (multiply-accumulates of Linear/Conv layers)."),
-            ("time per phase", fig_phase_times(by_label, title),
-             "Wall time per phase per method, mean over targets and seeds (dense training excluded: shared)."),
-        ]
-        retrain_png = fig_retrain(by_label, title)
-        if retrain_png is not None:
-            figures.append(("retraining curves", retrain_png,
-                            "Validation top-1 per retraining epoch (lowest seed), one line per target sparsity."))
-        for label, name, x_key, y_keys in trace_plan(by_label):
-            figures.append((f"trace {label} {name}", fig_trace(by_label, label, name, x_key, y_keys, title),
-                            f"Method trace '{name}' of {label}: one line per target (lowest seed)."))
-        sections.append({"title": title, "dense": dense_line(by_label), "header": header, "rows": rows,
-                         "figures": figures, "counted": any_run.info.get("counted", ""),
-                         "source": any_run.info.get("data_source", "")})
-    shas = sorted({str(r.info.get("git_sha")) for r in results})
-    torch_versions = sorted({str(r.info.get("torch")) for r in results})
-    failures = _failures(store.outdir)
-    meta = {"runs": len(results), "git": shas, "torch": torch_versions, "failures": failures,
+    sections = [_group_section(f"{dataset} / {model}", by_label)
+                for (dataset, model), by_label in group_results(results).items()]
+    meta = {"runs": len(results), "git": sorted({str(r.info.get("git_sha")) for r in results}),
+            "torch": sorted({str(r.info.get("torch")) for r in results}), "failures": _failures(store.outdir),
             "suites": store.suites(), "integrity": store.check()}
-    return {"sections": sections, "meta": meta}
+    return Document(title, _intro_lines(meta), sections)
+
+
+def _group_section(title: str, by_label: dict) -> Section:
+    """One (data set, model) group: the dense model, the results table, what was counted, the figures."""
+    any_run = next(r for bt in by_label.values() for rs in bt.values() for r in rs)
+    header, rows = table(by_label, any_run.metrics.get("num_classes"))
+    figures = [
+        Figure("accuracy vs compression", fig_accuracy_vs(by_label, "compression_ratio",
+                                                           "compression ratio of prunable weights (log scale)", title),
+               "Test top-1 against the achieved compression ratio (prunable weights / non-zero ones); "
+               "error bars: sample std over seeds; dashed: the dense model."),
+        Figure("accuracy vs theoretical speedup", fig_accuracy_vs(by_label, "theoretical_speedup",
+                                                                   "theoretical speedup = FLOPs / non-zero FLOPs (log scale)", title),
+               "Test top-1 against the theoretical speedup (multiply-accumulates of Linear/Conv layers)."),
+        Figure("time per phase", fig_phase_times(by_label, title),
+               "Wall time per phase per method, mean over targets and seeds (dense training excluded: shared)."),
+    ]
+    retrain_png = fig_retrain(by_label, title)
+    if retrain_png is not None:
+        figures.append(Figure("retraining curves", retrain_png,
+                              "Validation top-1 per retraining epoch (lowest seed), one line per target sparsity."))
+    for label, name, x_key, y_keys in trace_plan(by_label):
+        figures.append(Figure(f"trace {label} {name}", fig_trace(by_label, label, name, x_key, y_keys, title),
+                              f"Method trace '{name}' of {label}: one line per target (lowest seed)."))
+    counted = f"Counted: {any_run.info.get('counted', '')}. Data: {any_run.info.get('data_source', '')}."
+    return Section(title, [Paragraph(dense_line(by_label)), Table(header, rows), Paragraph(counted), *figures])
 
 
 def _failures(outdir: Path) -> int:
+    """How many run attempts ``OUTDIR/errors.log`` records (one ``=== `` header line each)."""
     path = Path(outdir) / "errors.log"
-    if not path.exists():
-        return 0
-    return sum(1 for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.startswith("=== "))
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    return sum(1 for line in text.splitlines() if line.startswith("=== "))
 
 
 def _intro_lines(meta: dict) -> list[str]:
@@ -404,49 +381,6 @@ def _intro_lines(meta: dict) -> list[str]:
     if meta["integrity"]:
         lines.append("Store integrity problems: " + "; ".join(meta["integrity"]))
     return lines
-
-
-def render_markdown(report: dict, figure_paths: dict, title: str) -> str:
-    """The Markdown text; ``figure_paths`` maps (section index, figure index) to relative paths."""
-    out = [f"# {title}", ""]
-    out += [line + "\n" for line in _intro_lines(report["meta"])]
-    for si, sec in enumerate(report["sections"]):
-        out += [f"## {sec['title']}", "", sec["dense"], ""]
-        out.append("| " + " | ".join(sec["header"]) + " |")
-        out.append("|" + "|".join("---" if i < 1 else "--:" for i in range(len(sec["header"]))) + "|")
-        out += ["| " + " | ".join(row) + " |" for row in sec["rows"]]
-        out += ["", f"Counted: {sec['counted']}. Data: {sec['source']}.", ""]
-        for fi, (name, _, caption) in enumerate(sec["figures"]):
-            out += [f"![{name}]({figure_paths[(si, fi)]})", "", f"*{caption}*", ""]
-    return "\n".join(out)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:.85em;margin:1em 0}th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#fafafa}
-figure{margin:1.2em 0}figcaption{font-size:.85em;color:#555}img{max-width:100%;height:auto}p.small{font-size:.85em;color:#555}
-"""
-
-
-def render_html(report: dict, title: str) -> str:
-    """The HTML page: inline CSS, figures as base64 PNG data URIs, no external reference."""
-    e = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
-    parts += [f"<p>{e(line)}</p>" for line in _intro_lines(report["meta"])]
-    for sec in report["sections"]:
-        parts += [f"<h2>{e(sec['title'])}</h2>", f"<p>{e(sec['dense'])}</p>", "<table><thead><tr>"]
-        parts += [f"<th>{e(h)}</th>" for h in sec["header"]]
-        parts.append("</tr></thead><tbody>")
-        for row in sec["rows"]:
-            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
-        parts.append("</tbody></table>")
-        parts.append(f"<p class=\"small\">Counted: {e(sec['counted'])}. Data: {e(sec['source'])}.</p>")
-        parts += [figure_html(name, png, caption) for name, png, caption in sec["figures"]]
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def text_table(store: Store) -> str:
@@ -497,22 +431,11 @@ def write_report(outdir, title: str | None = None) -> tuple[Path, Path]:
     with Store(outdir) as store:
         if len(store) == 0:
             raise ConfigError(f"{outdir / FILENAME} holds no completed run yet; nothing to report")
-        report = build(store)
+        document = build(store, title or f"prunelab report: {outdir.resolve().name}")
         suite_names = list(store.suites())
-    title = title or f"prunelab report: {outdir.resolve().name}"
-    fig_dir = outdir / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    paths = {}
-    for si, sec in enumerate(report["sections"]):
-        for fi, (name, png, _) in enumerate(sec["figures"]):
-            path = fig_dir / f"{si:02d}-{_slug(sec['title'])}-{fi:02d}-{_slug(name)}.png"
-            _atomic_write(path, png)
-            paths[(si, fi)] = f"figures/{path.name}"
-    html_path, md_path = outdir / "report.html", outdir / "report.md"
-    _atomic_write(html_path, render_html(report, title).encode("utf-8"))
-    _atomic_write(md_path, render_markdown(report, paths, title).encode("utf-8"))
+    paths = write_document(document, outdir, name="report")
     write_suite_reports(outdir, suite_names)
-    return html_path, md_path
+    return paths["html"], paths["markdown"]
 
 
 def write_suite_reports(outdir, names) -> list[dict]:
@@ -524,78 +447,11 @@ def write_suite_reports(outdir, names) -> list[dict]:
     Returns:
         What each writer returned (the paths it wrote), in order.
     """
-    from prunelab.harness import suites
-
-    known = set(suites.list_suites())
     written = []
     for name in names:
-        if name in known:
+        if name in suites.registry:
             suite = suites.get_suite(name)
             if suite.report is not None:
                 written.append(suite.report(Path(outdir)))
     return written
 
-
-def figure_html(name: str, png: bytes, caption: str) -> str:
-    """An HTML ``<figure>`` with the PNG embedded (data URI), so the page needs no other file."""
-    e = html.escape
-    data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img alt="{e(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{e(caption)}</figcaption></figure>")
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` (UTF-8, newline-terminated) to ``path`` through a temporary file and a rename."""
-    _atomic_write(Path(path), (text if text.endswith("\n") else text + "\n").encode("utf-8"))
-
-
-def read_suite_store(outdir, suite: str) -> tuple[list, dict]:
-    """``(results, suites)`` of the result store in ``outdir``, for a suite's own writer.
-
-    Raises:
-        ConfigError: ``outdir`` holds no result store (saying which command makes one).
-    """
-    from prunelab.harness.store import FILENAME
-
-    outdir = Path(outdir)
-    if not (outdir / FILENAME).is_file():
-        raise ConfigError(f"{outdir} holds no {FILENAME}; run `prunelab bench --suite {suite} --out {outdir}` first")
-    with Store(outdir) as store:
-        return store.results(), store.suites()
-
-
-def results_main(argv, suite: str, write, done: str, options: dict | None = None) -> int:
-    """The ``python -m prunelab.suite_NAME OUTDIR [--dest DIR]`` entry point of a suite's own writer.
-
-    Args:
-        argv: the arguments.
-        suite: the suite's name (for the help text).
-        write: ``write(outdir, dest) -> dict`` of the paths written; raises ``ConfigError``.
-        done: format string of the final line, filled from ``write``'s dict (``figures``: a count).
-        options: extra ``--name`` options, ``{"--name": help}``, passed to ``write`` as keywords.
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"python -m prunelab.suite_{suite}",
-                                     description=f"Report, figures and JSON of a `prunelab bench --suite {suite}` run.")
-    parser.add_argument("outdir", help="the bench output directory (holding results.sqlite)")
-    parser.add_argument("--dest", default=None, help="where to write (default: the suite writer's own)")
-    for flag, text in (options or {}).items():
-        parser.add_argument(flag, default=None, help=text)
-    args = parser.parse_args(argv)
-    extra = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_")) for flag in options or {}}
-    try:
-        paths = write(args.outdir, args.dest, **extra)
-    except ConfigError as exc:
-        print(f"prunelab: {exc}")
-        return 2
-    print(done.format(**{**paths, "figures": len(paths.get("figures", []))}))
-    return 0
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

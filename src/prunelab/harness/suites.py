@@ -1,8 +1,9 @@
 """Suites: named lists of run specs (methods × targets × seeds), in code or in a TOML/JSON/YAML file.
 
-The protocol of field-notes.md §5 is built in: five operating points of about 2, 4, 8, 16 and 32×
-compression (:data:`TARGETS`), the same dense model and retraining budget for every method, and
-the global-magnitude, layer-wise-magnitude and random baselines in every suite.
+The comparison protocol of Blalock et al. 2020 ("What is the State of Neural Network Pruning?") is
+built in: five operating points of about 2, 4, 8, 16 and 32× compression (:data:`TARGETS`), the
+same dense model and retraining budget for every method, and the global-magnitude,
+layer-wise-magnitude and random baselines in every suite.
 
 Adding a method to a suite is one line, in either place:
 
@@ -13,11 +14,13 @@ Adding a method to a suite is one line, in either place:
   own sparsity (one run instead of five identical ones);
 * or in :data:`SUITE_METHODS` below: ``"quick": [("feta", {"theta": 10}), ...]``.
 
-A method that is not registered (its issue has not landed) is simply absent.
+A method named there that is not registered, or hyperparameters the method does not have, are an
+error (:func:`method_entries`), never a silent skip.
 
 Code suites are functions decorated with ``@register_suite("name")`` that take the data set name
-(None: the suite's own default) and return a :class:`Suite`. Modules named ``prunelab.suite_*``
-(e.g. a paper reproduction) are imported on first use, so they register themselves.
+(None: the suite's own default) and return a :class:`Suite`; they live in :data:`registry`. The
+papers' suites (:mod:`prunelab.reproductions`) are imported on first use of the registry, so they
+register themselves.
 
 File suites (``prunelab bench --suite my.toml``)::
 
@@ -39,14 +42,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from prunelab import methods
 from prunelab.errors import ConfigError
-from prunelab.harness.runner import RunSpec
+from prunelab.harness.spec import RunSpec
+from prunelab.utils.registry import Registry
 
 #: sparsities giving about 2, 4, 8, 16 and 32× compression of the prunable weights.
 TARGETS = (0.5, 0.75, 0.875, 0.9375, 0.96875)
@@ -131,20 +134,7 @@ class Suite:
         return list(dict.fromkeys(s.label for s in self.specs))
 
 
-_SUITES: dict[str, Callable[..., Suite]] = {}
 _DISCOVERED: list[bool] = []
-
-
-def register_suite(name: str):
-    """Decorator registering ``fn(dataset: str | None) -> Suite`` as suite ``name``."""
-
-    def decorate(fn):
-        if name in _SUITES and _SUITES[name] is not fn:
-            raise ConfigError(f"suite {name!r} registered twice")
-        _SUITES[name] = fn
-        return fn
-
-    return decorate
 
 
 def _discover() -> None:
@@ -159,19 +149,46 @@ def _discover() -> None:
     importlib.import_module("prunelab.reproductions")
 
 
-def list_suites() -> list[str]:
-    """Names of the registered suites."""
-    _discover()
-    return sorted(_SUITES)
+class _SuiteRegistry(Registry):
+    """The registry idiom, answering only after the papers' suites have registered (:func:`_discover`):
+    ``registry.list()`` lists every suite whoever imported what."""
+
+    def key(self, name: str) -> str:
+        _discover()
+        return super().key(name)
+
+    def list(self) -> list[str]:
+        _discover()
+        return super().list()
+
+    def __contains__(self, name: object) -> bool:
+        _discover()
+        return super().__contains__(name)
+
+
+#: suite name → ``fn(dataset: str | None) -> Suite``; ``registry.list()`` names them all.
+registry: Registry[Callable[..., Suite]] = _SuiteRegistry("suite", error=ConfigError)
+
+
+def register_suite(name: str):
+    """Decorator registering ``fn(dataset: str | None) -> Suite`` as suite ``name``.
+
+    Raises:
+        ConfigError: another function is already registered as ``name``.
+    """
+    return registry.register(name)
 
 
 def get_suite(name: str, dataset: str | None = None) -> Suite:
-    """Build registered suite ``name`` (on ``dataset`` when given)."""
-    _discover()
-    if name not in _SUITES:
-        raise ConfigError(f"unknown suite {name!r}; known suites: {', '.join(sorted(_SUITES))} "
+    """Build registered suite ``name`` (on ``dataset`` when given).
+
+    Raises:
+        ConfigError: no suite of that name (the message lists the registered ones).
+    """
+    if name not in registry:
+        raise ConfigError(f"unknown suite {name!r}; known suites: {', '.join(registry.list())} "
                           "(or give the path of a .toml/.json/.yaml suite file)")
-    suite = _SUITES[name](dataset)
+    suite = registry.create(name, dataset)
     if not isinstance(suite, Suite):
         suite = Suite(name=name, specs=tuple(suite))
     return suite
@@ -188,16 +205,20 @@ def resolve(name_or_path: str, dataset: str | None = None) -> Suite:
 # --------------------------------------------------------------------------- building specs
 
 def method_entries(suite: str, baselines: bool = True) -> list[tuple[str, dict, tuple | None]]:
-    """The ``(method, hparams, targets or None)`` entries of ``suite`` among registered methods.
+    """The ``(method, hparams, targets or None)`` entries of ``suite``.
 
     Order: the baselines, then :data:`SUITE_METHODS`, then the methods' own ``suite_hparams``
     (which replace a method's :data:`SUITE_METHODS` lines for that suite).
+
+    Raises:
+        ConfigError: an entry names a method that is not registered, or a hyperparameter its
+            method does not have (the message names the entry and the known names).
     """
     entries: list[tuple[str, dict, tuple | None]] = []
     if baselines:
         entries += [(m, dict(hp), None) for m, hp in BASELINES]
     own: set[str] = set()
-    for name in methods.list():
+    for name in methods.registry.list():
         cls = methods.get(name)
         table = getattr(cls, "suite_hparams", None) or {}
         variants = table.get(suite, table.get("quick")) if suite in ("quick", "standard") else table.get(suite)
@@ -206,19 +227,34 @@ def method_entries(suite: str, baselines: bool = True) -> list[tuple[str, dict, 
         own.add(name)
         targets = (getattr(cls, "suite_targets", None) or {}).get(suite)
         for hp in variants if isinstance(variants, (list, tuple)) else [variants]:
+            _check_entry(name, hp, f"{cls.__name__}.suite_hparams[{suite!r}]")
             entries.append((name, dict(hp), tuple(targets) if targets is not None else None))
-    # The table below is the fallback: a method's own suite_hparams (its author's choice) wins.
-    table_entries = [(e[0], dict(e[1]), tuple(e[2]) if len(e) > 2 and e[2] is not None else None)
-                     for e in SUITE_METHODS.get(suite, []) if e[0] not in own]
+    table_entries = []
+    for entry in SUITE_METHODS.get(suite, []):
+        if entry[0] in own:
+            continue  # the table is the fallback: a method's own suite_hparams (its author's choice) win
+        _check_entry(entry[0], entry[1], f"SUITE_METHODS[{suite!r}] entry {entry!r}")
+        table_entries.append((entry[0], dict(entry[1]), tuple(entry[2]) if len(entry) > 2 and entry[2] is not None
+                              else None))
     entries[len(BASELINES) if baselines else 0:0] = table_entries
-    known = set(methods.list())
     out, seen = [], set()
     for name, hp, targets in entries:
         key = (name, json.dumps(hp, sort_keys=True))
-        if name in known and key not in seen:
+        if key not in seen:
             seen.add(key)
             out.append((name, hp, targets))
     return out
+
+
+def _check_entry(method: str, hparams: dict, where: str) -> None:
+    """Raise ConfigError when ``method`` is not registered or ``hparams`` names a field its ``Hparams`` lacks."""
+    if method not in methods.registry:
+        raise ConfigError(f"{where}: method {method!r} is not registered; "
+                          f"known methods: {', '.join(methods.registry.list())}")
+    unknown = sorted(set(hparams) - _hparam_names(method))
+    if unknown:
+        raise ConfigError(f"{where}: method {method!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(sorted(_hparam_names(method))) or 'none'}")
 
 
 def grid(dataset: str, models: list, entries: list, targets=TARGETS, seeds=(0,), dense: dict | None = None,
@@ -257,7 +293,7 @@ def grid(dataset: str, models: list, entries: list, targets=TARGETS, seeds=(0,),
 
 
 def _hparam_names(method: str) -> set[str]:
-    if method not in methods.list():
+    if method not in methods.registry.list():
         return set()  # validation reports the unknown method
     return {f.name for f in dataclasses.fields(methods.get(method).Hparams)}
 

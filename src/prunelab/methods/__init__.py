@@ -1,12 +1,13 @@
 """Pruning methods, registered by name.
 
->>> prunelab.methods.list()
+>>> prunelab.methods.registry.list()
 >>> method = prunelab.methods.create("magnitude", scope="layer")
 >>> masks = method.prune(model, None, sparsity=0.9)
 
-A new method is one file in this package: a class deriving from one of the three families in
-:mod:`prunelab.methods.base`, with a frozen ``Hparams`` dataclass, decorated with
-``@register("name")``, and imported at the bottom of this file.
+A new method is one module in this package: a class deriving from one of the three families in
+:mod:`prunelab.methods.base`, with a frozen ``Hparams`` dataclass whose fields are documented in
+its ``Attributes:`` section, decorated with ``@register("name")``, and imported at the bottom of
+this file.
 """
 
 from __future__ import annotations
@@ -24,44 +25,43 @@ from prunelab.methods.base import (
     TrainingMethod,
     check_sparsity,
 )
+from prunelab.utils.docstrings import class_attribute_docs
+from prunelab.utils.registry import Registry
 
-_REGISTRY: dict[str, type[Method]] = {}
+registry: Registry[type[Method]] = Registry("method", error=MethodError)
+
+# The registry's own dict: tests insert stand-in methods with ``monkeypatch.setitem``.
+_REGISTRY = registry._entries
 
 
 def register(name: str):
-    """Class decorator registering a method under ``name``."""
+    """Class decorator registering a method class under ``name``.
+
+    Sets ``cls.name``; the class's ``family`` must be one of :data:`~prunelab.methods.base.FAMILIES`.
+
+    Raises:
+        TypeError: the class has no valid family.
+        MethodError: another class is already registered under ``name``.
+    """
 
     def decorate(cls):
         if cls.family not in FAMILIES:
             raise TypeError(f"{cls.__name__}.family must be one of {FAMILIES}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise TypeError(f"method name {name!r} registered twice")
+        registry.register(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorate
 
 
 def get(name: str) -> type[Method]:
-    """The method class registered as ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise MethodError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    """The method class registered as ``name`` (:class:`MethodError` listing the known names if none)."""
+    return registry.get(name)
 
 
 def create(name: str, **hparams) -> Method:
     """An instance of method ``name`` with the given hyperparameters (others at their defaults)."""
     return get(name)(**hparams)
-
-
-def list_methods(family: str | None = None) -> list[str]:
-    """Registered method names (of one family when given)."""
-    return sorted(n for n, c in _REGISTRY.items() if family is None or c.family == family)
-
-
-list = list_methods  # noqa: A001 - the registry idiom: prunelab.methods.list()
 
 
 def hparam_docs(name: str) -> dict[str, dict]:
@@ -73,9 +73,7 @@ def hparam_docs(name: str) -> dict[str, dict]:
     import dataclasses
 
     cls = get(name).Hparams
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):   # a subclass's entry replaces its base's
-        docs.update(_attribute_docs(klass.__dict__.get("__doc__")))
+    docs = class_attribute_docs(cls)   # a subclass's entry replaces its base's
     out = {}
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
@@ -84,40 +82,12 @@ def hparam_docs(name: str) -> dict[str, dict]:
     return out
 
 
-def _attribute_docs(doc: str | None) -> dict[str, str]:
-    """``name -> text`` from the ``Attributes:`` section of a Google-style docstring."""
-    import inspect
-    import re
-
-    docs: dict[str, str] = {}
-    current, in_attrs = None, False
-    for line in inspect.cleandoc(doc or "").splitlines():
-        if not line.strip():
-            continue
-        if line.strip() == "Attributes:":
-            in_attrs = True
-            continue
-        if not in_attrs:
-            continue
-        if not line.startswith(" "):  # a new section ends the attributes
-            break
-        match = re.match(r"^ {4}(\w+(?:, \w+)*): ?(.*)$", line)
-        if match:
-            current = [n.strip() for n in match.group(1).split(",")]
-            for n in current:
-                docs[n] = match.group(2).strip()
-        elif current:
-            for n in current:
-                docs[n] = (docs[n] + " " + line.strip()).strip()
-    return docs
-
-
 # Each module registers itself on import; one that fails to import is an error, never a silent skip.
 for _module in ("magnitude", "hard_threshold", "layerwise.feta", "layerwise.nettrim", "layerwise.lobs",
                 "iterative", "ltp", "gmp", "grda.method"):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
-    "register", "get", "create", "list", "list_methods", "hparam_docs", "Method", "OneShotMethod",
+    "registry", "register", "get", "create", "hparam_docs", "Method", "OneShotMethod",
     "IterativeMethod", "TrainingMethod", "MethodContext", "MethodOutcome", "check_sparsity",
 ]

@@ -1,7 +1,7 @@
 """Hard thresholding as Pitas et al. do it: a per-layer threshold read off a 100-bin histogram.
 
 The official code (``utils.compute_thresholding_sparsification`` in
-konstantinos-p/FeTa_Fully_Connected; papers.md §1.4) builds, per layer, a 100-bin histogram of
+konstantinos-p/FeTa_Fully_Connected, Pitas, Davies, Vandergheynst 2019) builds, per layer, a 100-bin histogram of
 |W| over ``[min|W|, max|W|]``, normalises it to a CDF, takes the *left edge* of the first bin
 whose CDF reaches the target sparsity ``p`` as the threshold, and zeroes every weight with
 ``|w| < threshold``. Every layer gets the same ``p``. The achieved sparsity is therefore only
@@ -79,7 +79,8 @@ class HardThresholdHparams:
 
 @register("hard-threshold")
 class HardThreshold(OneShotMethod):
-    """Per-layer hard thresholding (Pitas et al. 2019; module docstring).
+    """Per-layer hard thresholding (Pitas et al. 2019; module docstring): zero every |w| < t_l,
+    t_l the left edge of the first bin of layer l's 100-bin |W| histogram whose CDF reaches p.
 
     After ``prune``, ``self.last_info`` lists per layer the threshold and the achieved sparsity.
     """

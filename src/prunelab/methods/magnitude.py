@@ -222,9 +222,10 @@ def _prune_by_scores(model, masks, sparsity, scope, scores: dict[str, torch.Tens
 
 @register("magnitude")
 class MagnitudePruning(OneShotMethod):
-    """Prune the weights of smallest magnitude (hard thresholding), globally or per layer.
+    """Prune the weights of smallest magnitude (hard thresholding; Han et al. 2015), globally or
+    per layer: m = 1[|w| > |w|_(k)], |w|_(k) the k-th smallest magnitude in scope.
 
-    Exactly ``round(sparsity * n)`` weights are pruned; see the module docstring for ties.
+    Exactly ``k = round(sparsity * n)`` weights are pruned; see the module docstring for ties.
     """
 
     Hparams = MagnitudeHparams
@@ -254,7 +255,8 @@ class RandomHparams:
 
 @register("random")
 class RandomPruning(OneShotMethod):
-    """Prune uniformly random weights (the baseline every method must beat)."""
+    """Prune uniformly random weights (the baseline every method must beat): the magnitude rule
+    with seeded scores u ~ U[0, 1) in place of |w|."""
 
     Hparams = RandomHparams
 

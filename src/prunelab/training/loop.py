@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunelab.training import distributed as _dist
-from prunelab.errors import ConfigError
 from prunelab.core.masks import Masks
+from prunelab.errors import ConfigError
+from prunelab.training import distributed as _dist
+from prunelab.utils import progress as progress_bar
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "linear", "inverse")
@@ -267,31 +268,12 @@ def _has_constraints(model: nn.Module) -> bool:
     return any(hasattr(m, "apply_constraint") for m in model.modules())
 
 
-class _Progress:
-    """A one-line progress bar on a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool | None, total: int, label: str):
-        if enabled is None:  # PRUNELAB_PROGRESS=0 silences every bar (bench sets it for inner loops)
-            enabled = sys.stderr.isatty() and os.environ.get("PRUNELAB_PROGRESS", "1") != "0"
-        self.enabled = enabled
-        self.total, self.label, self.t0, self.last = total, label, time.perf_counter(), 0.0
-
-    def update(self, done: int, extra: str = "") -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if done < self.total and now - self.last < 0.2:
-            return
-        self.last = now
-        frac = done / max(1, self.total)
-        bar = "#" * int(frac * 24)
-        sys.stderr.write(f"\r{self.label} [{bar:<24}] {done}/{self.total} {now - self.t0:5.1f}s {extra}   ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+def _progress_enabled(progress: bool | None) -> bool:
+    """Whether to show the bar: ``progress`` when given, else only on a terminal and unless
+    ``PRUNELAB_PROGRESS=0`` (the bench sets it to silence the bars of inner training loops)."""
+    if progress is None:
+        return sys.stderr.isatty() and os.environ.get("PRUNELAB_PROGRESS", "1") != "0"
+    return bool(progress)
 
 
 def train(
@@ -320,7 +302,8 @@ def train(
         optimizer: use this optimizer instead of the one ``config`` names.
         scheduler: use this LR scheduler (stepped per optimizer step) instead of ``config``'s.
         val: validation split evaluated after every epoch (recorded in the history).
-        progress: show a progress bar (default: only when stderr is a terminal).
+        progress: show a progress bar of the steps, with the epoch and the running batch loss
+            (default: only when stderr is a terminal and ``PRUNELAB_PROGRESS`` is not ``0``).
         select_best: restore, at the end, the parameters of the epoch with the best validation
             top-1 (ties: the later epoch). Needs ``val``.
         label: text in front of the progress bar.
@@ -383,7 +366,8 @@ def train(
     constrained = _has_constraints(model)
     params = [p for p in model.parameters() if p.requires_grad]
     wants_extra = [cb for cb in callbacks if type(cb).extra_loss is not Callback.extra_loss]
-    bar = _Progress(progress, config.epochs * steps_per_epoch, label)
+    show_progress = _progress_enabled(progress)
+    bar = progress_bar(total=config.epochs * steps_per_epoch, desc=label, enabled=show_progress, unit="step")
     best_top1, best_params = -1.0, None
 
     for cb in callbacks:
@@ -442,9 +426,10 @@ def train(
                 cb.on_batch_end(state)
             if world > 1 and wants_batch_end:
                 state.stop = _dist.any_rank(state.stop)
-            if bar.enabled:
+            if show_progress:
                 shown = loss.item() if world == 1 else shard_loss_sum.item() / max(1, len(yb))
-                bar.update(state.step, f"loss {shown:.3f}")
+                bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} loss {shown:.3f}", refresh=False)
+                bar.update()
             if state.stop:
                 break
         if world == 1:

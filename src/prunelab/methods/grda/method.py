@@ -5,7 +5,7 @@ instead of SGD; the soft threshold makes weights exactly zero during training, s
 pruning step and no retraining. The final masks are the non-zero pattern of the prunable
 weights. Sparsity is not set directly: it follows from (c, μ) and the training length
 (ℓ_n = c γ^{1/2} (nγ)^μ grows without bound), so a requested target is only reached
-approximately, through :func:`search_c` (papers.md §4.1: "first fix μ, then search c in a short
+approximately, through :func:`search_c` (the authors' README: "first fix μ, then search c in a short
 run").
 """
 
@@ -30,7 +30,7 @@ SCHEDULES = ("cifar", "constant", "config")
 
 
 def cifar_lr_factor(progress: float) -> float:
-    """The lr factor of the authors' CIFAR runs (dnn-mode-connectivity ``train.py``, papers.md §4.3).
+    """The lr factor of the authors' CIFAR runs (dnn-mode-connectivity ``train.py``).
 
     Args:
         progress: epoch / total epochs, in [0, 1].
@@ -246,7 +246,9 @@ class GRDAHparams:
 
 @register("grda")
 class DirectionalPruning(TrainingMethod):
-    """gRDA directional pruning (Chao et al. 2020): train once with :class:`~prunelab.methods.grda.optim.GRDA`.
+    """gRDA directional pruning (Chao et al. 2020): train once with :class:`~prunelab.methods.grda.optim.GRDA`,
+    w_n = sign(a_n) · max(|a_n| − ℓ_n, 0) with a_n = a_{n−1} − γ_n g_n and ℓ_n = c γ^{1/2} (nγ)^μ
+    for a constant γ (the paper's tuning function g(n, γ)).
 
     ``run`` trains a fresh copy of the seeded initialisation (``ctx.init_state``) for the
     budget's epochs and batch size, records per epoch the sparsity of the prunable weights and

@@ -1,7 +1,7 @@
 """The gRDA optimizer (generalized regularized dual averaging), Chao et al., NeurIPS 2020.
 
 "Directional Pruning of Deep Neural Networks" (arXiv:2006.09358); update rule as in the official
-``grda_pytorch.py`` of donlan2710/gRDA-Optimizer (papers.md §4.1). Per parameter tensor, with
+``grda_pytorch.py`` of donlan2710/gRDA-Optimizer. Per parameter tensor, with
 γ_n the learning rate of step n = 1, 2, …::
 
     a_0 = w_0                                             # accumulator starts at the weights
@@ -10,7 +10,7 @@
     w_n = sign(a_n) · max(|a_n| - ℓ_n, 0)                 # soft threshold: exact zeros
 
 With a constant γ, ℓ_n = c γ^{1/2} (nγ)^μ, the paper's tuning function g(n, γ). No momentum and
-no weight decay (papers.md §4.5).
+no weight decay, as the authors' SGD baseline.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def soft_threshold_(out: list[torch.Tensor], accumulators: list[torch.Tensor],
 class GRDA(torch.optim.Optimizer):
     """gRDA: SGD on an accumulator, then an ℓ1 soft threshold growing with time (Chao et al. 2020).
 
-    Implements the update of papers.md §4.1, taken from the official ``grda_pytorch.py`` with its
+    Implements the update taken from the official ``grda_pytorch.py`` with its
     lr-schedule-aware threshold (the paper's PDF was not available, so no equation number is
     cited; with constant γ it is the paper's tuning function g(n, γ) = c γ^{1/2} (nγ)^μ):
     ``a_n = a_{n-1} - γ_n g_n``,

@@ -9,8 +9,8 @@ output position. So a solver written for ``Linear`` handles convolutions unchang
 
 Two capture modes (Net-Trim's "parallel" and "cascade"):
 
-* ``parallel``: every layer sees the inputs of the *unpruned* network (FeTa's protocol,
-  papers.md §1.3); all layers could be pruned independently.
+* ``parallel``: every layer sees the inputs of the *unpruned* network (FeTa's protocol in the
+  code of Pitas et al. 2019); all layers could be pruned independently.
 * ``sequential``: layer ``l`` sees the inputs produced by the *already pruned* layers before it,
   and is fitted to the *original* network's outputs at layer ``l``, so later layers can correct
   the error of earlier ones.
@@ -157,7 +157,7 @@ def default_layers(model: nn.Module, names: Sequence[str], include_last: bool = 
     """Layers a layer-wise method prunes when none are named.
 
     The FeTa paper prunes the hidden layers and leaves the last (softmax) layer dense
-    (papers.md §1.3), so by default the model's last Linear/Conv layer is left out.
+    (Pitas et al. 2019, as their code does), so by default the model's last Linear/Conv layer is left out.
 
     Args:
         model: the network.

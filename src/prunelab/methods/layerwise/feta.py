@@ -1,7 +1,7 @@
 """FeTa: layer-wise pruning by difference-of-convex programming (Pitas et al., arXiv:1803.04239).
 
-For one layer with inputs ``x_i`` and original post-ReLU outputs ``y_i`` (papers.md §1.2) FeTa
-solves
+For one layer with inputs ``x_i`` and original post-ReLU outputs ``y_i``, FeTa solves (the
+objective of the official ``feta_main.py``)
 
     min_{W,b} F = (1/N) Σ_i ||ρ_θ(W x_i + b) − y_i||² + λ ||W||₁,   ρ_θ(z) = log(1 + e^{θz}) / θ
 
@@ -9,7 +9,7 @@ with the softplus ρ_θ standing for the ReLU. Dropping the constant ||y_i||², 
 
     g = (1/N) Σ ||ρ_θ(W x_i + b)||² + λ||W||₁,   h = (2/N) Σ y_iᵀ ρ_θ(W x_i + b),
 
-both convex because y ≥ 0 and ρ_θ ≥ 0 is convex. DCA (papers.md §1.3) linearises h at the
+both convex because y ≥ 0 and ρ_θ ≥ 0 is convex. DCA (the difference-of-convex algorithm) linearises h at the
 current point (∇h uses ρ_θ' = sigmoid(θz)) and minimises the convex remainder with an
 accelerated proximal SVRG: per epoch a full gradient of the smooth part of g at a snapshot, then
 N/b variance-reduced mini-batch steps ``X ← prox_τ(Y − η(v − ∇h))``, ``Y ← X + β(X − X_prev)``.
@@ -18,9 +18,10 @@ objective is therefore ``λ = τ / η``.
 
 Choices, where the paper or its code is silent or wrong (each tested in tests/test_feta.py):
 
-* **Sigmoid gradient.** We use ``torch.sigmoid(θz)``. The official ``grad_apr`` has a bug
-  (papers.md §1.7(1)): its "otherwise" branch selects every entry with ``θz > -10``, so entries
-  with ``θz ≥ 10``, first set to 1, are overwritten with sigmoid(1) ≈ 0.731. We do not replicate it.
+* **Sigmoid gradient.** We use ``torch.sigmoid(θz)``. The official ``grad_apr`` has a bug:
+  ``np.where(x<10) and np.where(x>-10)`` is the second operand alone, so its "otherwise" branch
+  selects every entry with ``θz > -10``, and entries with ``θz ≥ 10``, first set to 1, are
+  overwritten with sigmoid(1) ≈ 0.731. We do not replicate it.
 * **Bias.** The official prox also shrinks the bias row of U and counts it in the sparsity. In
   prunelab biases are not prunable, so by default the bias is fitted but not penalised
   (``shrink_bias=False``); ``shrink_bias=True`` follows the official code.
@@ -82,7 +83,7 @@ class FetaResult:
 
 def feta_objective(X: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    theta: float = 10.0, lam: float = 0.0, shrink_bias: bool = False) -> float:
-    """F(W, b) = (1/N) Σ ||ρ_θ(W x_i + b) − y_i||² + λ||W||₁ (papers.md §1.2; ``+ λ||b||₁`` when
+    """F(W, b) = (1/N) Σ ||ρ_θ(W x_i + b) − y_i||² + λ||W||₁ (Pitas et al. 2018; ``+ λ||b||₁`` when
     ``shrink_bias``).
 
     Args:
@@ -111,7 +112,7 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
                init_bias: torch.Tensor | None = None, init_std: float = 1e-3,
                support: torch.Tensor | None = None, shrink_bias: bool = False,
                use_bias: bool = True, seed: int = 0, record_objective: bool = False) -> FetaResult:
-    """FeTa's DCA with accelerated prox-SVRG for one layer (papers.md §1.2–1.3).
+    """FeTa's DCA with accelerated prox-SVRG for one layer (Pitas et al. 2018, as the official ``feta_main.py``).
 
     Args:
         X: ``(N, d_in)`` float32 layer inputs.
@@ -299,7 +300,7 @@ def _better(nonzeros: int, best: int, n_keep: int) -> bool:
 
 @dataclass(frozen=True)
 class FetaHparams(LayerwiseHparams):
-    """Hyperparameters of FeTa (solver defaults: papers.md §1.3, the official code).
+    """Hyperparameters of FeTa (solver defaults: the official code's ``feta_*_accuracy.py``).
 
     Attributes:
         theta: softplus sharpness θ.
@@ -408,7 +409,9 @@ def _solve_layer(hp: FetaHparams, problem: LayerProblem, tau: float | None):
 
 @register("feta")
 class Feta(OneShotMethod):
-    """FeTa layer-wise DC pruning (Pitas et al. 2018/2019; papers.md §1.2–1.3, module docstring).
+    """FeTa layer-wise DC pruning (Pitas et al. 2018/2019; see the module docstring): per layer,
+    min_{W,b} (1/N) Σ_i ||ρ_θ(W x_i + b) − y_i||² + λ||W||₁ with ρ_θ(z) = log(1 + e^{θz})/θ, solved by
+    DCA with accelerated proximal SVRG.
 
     ``prune(model, masks, sparsity, calib)`` prunes each chosen layer (default: all prunable
     layers but the last) to ``sparsity`` of its weights, rewriting surviving weights and biases.

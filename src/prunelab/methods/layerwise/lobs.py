@@ -1,4 +1,4 @@
-"""L-OBS: layer-wise Optimal Brain Surgeon (Dong, Chen, Pan, NIPS 2017; papers.md §1.4).
+"""L-OBS: layer-wise Optimal Brain Surgeon (Dong, Chen, Pan, NIPS 2017).
 
 The layer-wise error of a linear layer, E = (1/2N) ||Ŵ X − W X||²_F on its *pre-activation*
 outputs, has the Hessian ``H = (1/N) Σ_j x_j x_jᵀ`` for every output row (all rows share it). With
@@ -251,7 +251,8 @@ class LobsHparams(LayerwiseHparams):
 
 @register("lobs")
 class Lobs(OneShotMethod):
-    """L-OBS layer-wise pruning (Dong et al. 2017; module docstring).
+    """L-OBS layer-wise pruning (Dong et al. 2017, Eq. 5; module docstring): saliency
+    L_q = w_q² / (2 [H⁻¹]_qq), update δw = −(w_q / [H⁻¹]_qq) H⁻¹ e_q, H = (1/N) Σ_j x_j x_jᵀ.
 
     Each chosen layer (default: all prunable layers but the last) is pruned to ``sparsity`` of
     its weights; surviving weights and biases are rewritten. ``self.last_info`` lists per layer

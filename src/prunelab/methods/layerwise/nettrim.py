@@ -1,4 +1,4 @@
-"""Net-Trim: convex layer-wise pruning (Aghasi, Abdi, Nguyen, Romberg, NIPS 2017; papers.md §1.4).
+"""Net-Trim: convex layer-wise pruning (Aghasi, Abdi, Nguyen, Romberg, NIPS 2017).
 
 For a ReLU layer with inputs ``x_i`` and original pre-activations ``a_i = W x_i + b``, Net-Trim
 finds, for every output neuron m with active set Ω_m = {i : a_im > 0},
@@ -394,7 +394,8 @@ class NetTrimHparams(LayerwiseHparams):
 
 @register("nettrim")
 class NetTrim(OneShotMethod):
-    """Net-Trim layer-wise convex pruning by ADMM (Aghasi et al. 2017; module docstring).
+    """Net-Trim layer-wise convex pruning by ADMM (Aghasi et al. 2017; module docstring): per
+    neuron, min ||w_m||₁ s.t. ||(X̃ w_m − a_m)_{Ω_m}||₂ ≤ ε_m, (X̃ w_m)_{Ω_mᶜ} ≤ 0.
 
     Each chosen layer (default: all prunable layers but the last; each must be followed by a
     ReLU) is pruned to ``sparsity`` of its weights; surviving weights and biases are rewritten.

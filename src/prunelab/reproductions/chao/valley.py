@@ -9,21 +9,24 @@ the straight line between the end points (the "barrier height" of linear mode co
 
 Buffers are interpolated like parameters: BatchNorm running means and variances become
 (1 − α)·A + α·B, which is not the statistics of the interpolated network; pass ``bn_data`` to
-re-estimate them on training data at every α instead. Integer buffers (``num_batches_tracked``)
+re-estimate them on training data at every α instead
+(:func:`prunelab.training.batchnorm.recalibrate_batchnorm`). Integer buffers (``num_batches_tracked``)
 are taken from A.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from prunelab.errors import ConfigError
+from prunelab.training.batchnorm import recalibrate_batchnorm
 from prunelab.training.loop import evaluate
+from prunelab.utils.figures import new_figure, png_bytes
+from prunelab.utils.io import atomic_write_bytes
 
 __all__ = ["interpolate_state", "valley", "barrier", "plot_valley", "alphas_grid"]
 
@@ -78,23 +81,6 @@ def interpolate_state(state_a: dict[str, torch.Tensor], state_b: dict[str, torch
     return out
 
 
-@torch.no_grad()
-def _reestimate_bn(model: nn.Module, split, batch_size: int) -> None:
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    saved = [(m, m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None   # cumulative average over the batches below
-    model.train()
-    for start in range(0, len(split.y), batch_size):
-        model(split.x[start : start + batch_size])
-    for m, momentum in saved:
-        m.momentum = momentum
-    model.eval()
-
-
 def valley(model_a: nn.Module, model_b: nn.Module, splits: dict, alphas=None, *,
            batch_size: int = 1000, bn_data=None) -> list[dict]:
     """Evaluate the networks on the segment between ``model_a`` and ``model_b``.
@@ -121,7 +107,7 @@ def valley(model_a: nn.Module, model_b: nn.Module, splits: dict, alphas=None, *,
     for alpha in alphas:
         probe.load_state_dict(interpolate_state(state_a, state_b, alpha))
         if bn_data is not None:
-            _reestimate_bn(probe, bn_data, batch_size)
+            recalibrate_batchnorm(probe, bn_data.x, batch_size)
         record = {"alpha": alpha}
         for name, split in splits.items():
             metrics = evaluate(probe, split, batch_size)
@@ -157,25 +143,19 @@ def plot_valley(results: list[dict], path, title: str | None = None,
 
     Args:
         results: output of :func:`valley`.
-        path: the PNG to write (written to a temp file, then renamed).
+        path: the PNG to write (written to a temp file, then renamed; parents are created).
         title: figure title.
         labels: names of the end points, marked at α = 0 and α = 1.
 
     Returns:
         The path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not results:
         raise ConfigError("nothing to plot: the valley results are empty")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     alphas = [r["alpha"] for r in results]
     splits = [k[: -len("_loss")] for k in results[0] if k.endswith("_loss")]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(10, 4, dpi=120)
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for split in splits:
         ax_loss.plot(alphas, [r[f"{split}_loss"] for r in results], marker="o", ms=3, label=split)
         ax_acc.plot(alphas, [100 * r[f"{split}_top1"] for r in results], marker="o", ms=3, label=split)
@@ -189,13 +169,4 @@ def plot_valley(results: list[dict], path, title: str | None = None,
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write_bytes(path, png_bytes(fig), mkdir=True)

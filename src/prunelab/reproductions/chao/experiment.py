@@ -1,7 +1,8 @@
-"""gRDA measurements on Fashion-MNIST: gRDA / plain-SGD runs and the magnitude+retrain baseline.
+"""gRDA measurements on Fashion-MNIST (Chao et al. 2020): gRDA / plain-SGD runs and the magnitude+retrain baseline.
 
-Each call appends one JSON object per run (one line) to ``--out``; ``summarize.py`` turns the
-lines into the tables and figures of this directory.
+Each call appends one JSON object per run (one line) to ``--out``;
+:mod:`prunelab.reproductions.chao.summarize` turns the lines into the tables and figures of
+``docs/results/grda``.
 
 * ``grda``: train from the seeded init with :func:`prunelab.methods.grda.method.train_grda` for every
   ``(c, mu)`` given (``c = 0`` is plain SGD without momentum on the same schedule). Records the
@@ -14,7 +15,7 @@ lines into the tables and figures of this directory.
 
 Example::
 
-    PYTHONPATH=src .venv/bin/python docs/results/grda/experiment.py grda --model lenet5 \
+    python -m prunelab.reproductions.chao.experiment grda --model lenet5 \
         --epochs 40 --lr 0.05 --runs 0:0.55 0.005:0.55 --out runs.jsonl
 """
 
@@ -39,18 +40,21 @@ from prunelab.training.loop import TrainConfig, evaluate, train
 
 
 def make_model(args, data) -> torch.nn.Module:
+    """The model of ``args.model`` from the seeded initialisation."""
     torch.manual_seed(args.seed)   # as `prunelab grda train`: one seed, one initialisation
     kwargs = {"hidden": (512,)} if args.model == "mlp" else {}
     return models.create(args.model, data.in_shape, data.num_classes, **kwargs)
 
 
 def emit(path: str, record: dict) -> None:
+    """Append ``record`` as one JSON line to ``path`` and print it (without its trace)."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "trace"}), flush=True)
 
 
 def run_grda(args, data) -> None:
+    """Train plain SGD (``c = 0``) or gRDA for every ``c:mu`` pair of ``args.runs``."""
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=args.lr,
                          momentum=0.0, seed=args.seed)
     for spec in args.runs:
@@ -76,6 +80,7 @@ def run_grda(args, data) -> None:
 
 
 def run_magret(args, data) -> None:
+    """Plain SGD, then one-shot global magnitude pruning and retraining at every sparsity of ``args.sparsities``."""
     pre_epochs = args.epochs - args.retrain
     if pre_epochs < 1 or args.retrain < 1:
         raise SystemExit("magret needs 1 <= retrain < epochs")
@@ -107,8 +112,10 @@ def run_magret(args, data) -> None:
                         "seconds": dense_seconds + seconds})
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> None:
+    """``python -m prunelab.reproductions.chao.experiment {grda,magret} ...``."""
+    p = argparse.ArgumentParser(prog="python -m prunelab.reproductions.chao.experiment",
+                                description=__doc__.split("\n")[0])
     p.add_argument("mode", choices=("grda", "magret"))
     p.add_argument("--model", default="lenet5", choices=("lenet5", "mlp"))
     p.add_argument("--epochs", type=int, required=True)
@@ -121,7 +128,7 @@ def main() -> None:
     p.add_argument("--sparsities", nargs="*", type=float, default=[], help="magret: global magnitude targets")
     p.add_argument("--save", default=None, help="grda: directory for checkpoints")
     p.add_argument("--out", required=True, help="JSON-lines file to append to")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("THREADS", "1")))
     data = pdata.load("fashion-mnist", val_size=5000, normalize="standard")
     (run_grda if args.mode == "grda" else run_magret)(args, data)

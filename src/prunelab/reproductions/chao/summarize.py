@@ -1,24 +1,31 @@
-"""Tables and the frontier figure of the gRDA measurements (reads the JSON lines of experiment.py).
+"""Tables and the frontier figure of the gRDA measurements (reads the JSON lines of
+:mod:`prunelab.reproductions.chao.experiment`).
 
 Writes ``results.json`` (every run, traces included, and the table), ``table.md``,
 ``frontier.png`` (test top-1 against sparsity of the prunable weights: gRDA points, magnitude
 pruning + retraining at equal total epochs, plain SGD as a line) and ``trace_<model>_e<epochs>.png``
-(sparsity and validation top-1 per epoch) next to this file.
+(sparsity and validation top-1 per epoch) to ``--out`` (default: the checkout's ``docs/results/grda``).
 
-    PYTHONPATH=src .venv/bin/python docs/results/grda/summarize.py docs/results/grda/runs/*.jsonl
+    python -m prunelab.reproductions.chao.summarize docs/results/grda/runs/*.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-HERE = Path(__file__).parent
+from prunelab.utils.figures import new_figure, png_bytes
+from prunelab.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from prunelab.utils.render import markdown_table
+
+#: where the tables and figures go by default: ``docs/results/grda`` of the source checkout
+#: (this file is src/prunelab/reproductions/chao/summarize.py).
+DEFAULT_OUT = Path(__file__).resolve().parents[4] / "docs" / "results" / "grda"
 
 
 def load(paths) -> list[dict]:
+    """Every run of the JSON-lines files, each with ``source`` (its file's name)."""
     runs = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
@@ -36,6 +43,7 @@ def sgd_for(runs, run) -> dict | None:
 
 
 def table(runs) -> list[dict]:
+    """One row per gRDA or magnitude+retrain run, with its plain-SGD reference and the differences."""
     rows = []
     for r in runs:
         if r["kind"] not in ("grda", "magret"):
@@ -54,30 +62,33 @@ def table(runs) -> list[dict]:
     return rows
 
 
+HEADER = ["model", "method", "μ", "c", "lr", "epochs", "sparsity (prunable)", "sparsity (all)", "SGD val", "val",
+          "SGD test", "test", "test diff (points)"]
+
+
 def markdown(rows) -> str:
-    head = ("| model | method | μ | c | lr | epochs | sparsity (prunable) | sparsity (all) | SGD val | val | "
-            "SGD test | test | test diff (points) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
+    """The table of :func:`table`'s rows, in Markdown."""
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    def diff(v):
+        return "–" if v is None else f"{v:+.2f}"
+
+    cells = []
     for r in rows:
         method = "gRDA" if r["kind"] == "grda" else f"magnitude + {r['retrain']} ep retrain"
-        pct = lambda v: "–" if v is None else f"{100 * v:.2f}"
-        diff = lambda v: "–" if v is None else f"{v:+.2f}"
-        lines.append(f"| {r['model']} | {method} | {r['mu'] if r['kind'] == 'grda' else '–'} | "
-                     f"{r['c'] if r['kind'] == 'grda' else '–'} | {r['lr']:g} | {r['epochs']} | "
-                     f"{pct(r['sparsity'])} | {pct(r['sparsity_all'])} | {pct(r['sgd_val_top1'])} | "
-                     f"{pct(r['val_top1'])} | {pct(r['sgd_test_top1'])} | {pct(r['test_top1'])} | "
-                     f"{diff(r['test_diff_points'])} |")
-    return "\n".join(lines)
+        cells.append([r["model"], method, str(r["mu"]) if r["kind"] == "grda" else "–",
+                      str(r["c"]) if r["kind"] == "grda" else "–", f"{r['lr']:g}", str(r["epochs"]),
+                      pct(r["sparsity"]), pct(r["sparsity_all"]), pct(r["sgd_val_top1"]), pct(r["val_top1"]),
+                      pct(r["sgd_test_top1"]), pct(r["test_top1"]), diff(r["test_diff_points"])])
+    return "\n".join(markdown_table(HEADER, cells))
 
 
 def plot(runs, path: Path, epochs_by_model: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The frontier: test top-1 against sparsity, a panel per ``model -> epochs`` of ``epochs_by_model``."""
     models = list(epochs_by_model)
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    fig = new_figure(5.5 * len(models), 4.2, dpi=120)
+    axes = fig.subplots(1, len(models), squeeze=False)
     for ax, model in zip(axes[0], models):
         epochs = epochs_by_model[model]
         mine = [r for r in runs if r["model"] == model and r["epochs"] == epochs]
@@ -105,22 +116,14 @@ def plot(runs, path: Path, epochs_by_model: dict) -> None:
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    plt.close(fig)
+    atomic_write_bytes(path, png_bytes(fig), mkdir=True)
 
 
 def plot_traces(runs, path: Path, model: str, epochs: int) -> None:
     """Sparsity and validation top-1 per epoch of the plain-SGD and gRDA runs of one model and length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     mine = [r for r in runs if r["model"] == model and r["epochs"] == epochs and r["kind"] in ("sgd", "grda")]
-    fig, (ax_s, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure(11, 4, dpi=120)
+    ax_s, ax_v = fig.subplots(1, 2)
     for i, r in enumerate(sorted(mine, key=lambda r: (r["kind"] != "sgd", r.get("mu", 0)))):
         label = "plain SGD" if r["kind"] == "sgd" else f"gRDA μ={r['mu']:g}, c={r['c']:g}"
         xs = [t["epoch"] for t in r["trace"]]
@@ -135,20 +138,18 @@ def plot_traces(runs, path: Path, model: str, epochs: int) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{model}, Fashion-MNIST, {epochs} epochs")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    plt.close(fig)
+    atomic_write_bytes(path, png_bytes(fig), mkdir=True)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> None:
+    """``python -m prunelab.reproductions.chao.summarize RUNS.jsonl ... [--out DIR]``."""
+    p = argparse.ArgumentParser(prog="python -m prunelab.reproductions.chao.summarize",
+                                description=__doc__.split("\n")[0])
     p.add_argument("jsonl", nargs="+")
     p.add_argument("--frontier", nargs="*", default=["mlp=40", "lenet5=40"],
                    help="model=epochs panels of the frontier figure")
-    p.add_argument("--out", default=str(HERE))
-    args = p.parse_args()
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the tables and figures")
+    args = p.parse_args(argv)
     runs = load(args.jsonl)
     order = {"sgd": 0, "grda": 1, "magret": 2}
     runs.sort(key=lambda r: (r["model"] != "lenet5", r["epochs"], order[r["kind"]], r["sparsity"]))
@@ -157,8 +158,8 @@ def main() -> None:
     doc = {"runs": runs, "table": rows,
            "counting": "sparsity: zeros among prunable weights (Linear/Conv weights, classifier included); "
                        "sparsity_all: zeros among all parameters (biases included)"}
-    (out / "results.json").write_text(json.dumps(doc, indent=1))
-    (out / "table.md").write_text(markdown(rows) + "\n")
+    atomic_write_json(out / "results.json", doc, indent=1, finite=False)
+    atomic_write_text(out / "table.md", markdown(rows) + "\n")
     panels = {m: int(e) for m, e in (s.split("=") for s in args.frontier)}
     plot(runs, out / "frontier.png", panels)
     for model, epochs in panels.items():

@@ -1,25 +1,4 @@
-"""C source of the native sparse kernel (compiled on first use by :mod:`prunelab.export.native`).
 
-One kernel serves ``nn.Linear`` and ``nn.Conv2d`` (groups=1): a *direct* sparse convolution in a
-batch-innermost layout, in the spirit of Park et al. 2017, "Faster CNNs with Direct Sparse
-Convolutions and Guided Pruning" (arXiv:1608.01409), instead of im2col + CSR:
-
-1. pack: ``xp[c, hp, wp, b] = x[b, c, hp - pad_top, wp - pad_left]`` (zero outside) for a block of
-   up to ``block`` samples; for a Linear layer this is a plain transpose ``x^T`` (in, batch).
-2. compute: for every output channel ``o`` and output row ``oh``, ``out[o, oh, :, :] = bias[o] +
-   sum_p val[p] * xp[tap_p + oh*sh*Wp*nb ...]`` where each non-zero ``p`` of row ``o`` of the CSR
-   weight ``W.reshape(O, C*KH*KW)`` is one *tap* offset ``(c*Hp + kh*dh)*Wp + kw*dw``. With stride 1
-   along the width, the ``Wo * nb`` outputs of one row read ``Wo * nb`` contiguous inputs, so each
-   non-zero is one long vector FMA (an implicit im2col row, never materialised). A Linear layer
-   is the 1x1 case: ``y^T[o, :] = sum_p val[p] * x^T[col_p, :]`` (CSR times a row-major dense
-   matrix, the "W_csr @ x^T" layout).
-3. unpack: transpose back to ``(batch, O, Ho, Wo)``, with bias and ReLU already applied.
-
-The accumulation order differs from a dense GEMM, so results agree with PyTorch's to float32
-rounding (tested to 1e-5), not bit for bit.
-"""
-
-C_SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,4 +236,3 @@ int pl_sparse_forward(const int64_t* d, int64_t batch, const float* x, float* y)
   free(xp);
   return status;
 }
-"""

@@ -1,0 +1,78 @@
+"""What several command groups share: data options, loading data, printing metrics, nested groups."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunelab.errors import ConfigError
+
+
+def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "fashion-mnist") -> None:
+    """``--dataset``, ``--data-dir``, ``--val-size`` and ``--normalize``."""
+    p.add_argument("--dataset", default=dataset_default, help="data set name (see `prunelab info`)")
+    p.add_argument("--data-dir", default=None, help="directory holding the data files (else $PRUNELAB_DATA, cache, system)")
+    p.add_argument("--val-size", type=float, default=None, help="validation samples taken from the training set: a count, or a fraction < 1 (default: 5000 for image data sets, 0.1 for digits/synthetic)")
+    p.add_argument("--normalize", default="standard", choices=("standard", "unit", "none"))
+
+
+def val_size(args) -> int | float | None:
+    """``--val-size`` as the data loader takes it: a count (>= 1) or a fraction."""
+    val = args.val_size
+    if val is not None:
+        val = int(val) if val >= 1 else float(val)
+    return val
+
+
+def load_data(args, dataset: str | None = None, **kwargs):
+    """Load the data set the arguments name (``dataset`` overrides ``--dataset``).
+
+    Args:
+        args: parsed arguments with the options of :func:`add_data_args` (and ``seed``, which
+            draws the validation split).
+        dataset: a data set name to load instead of ``args.dataset``.
+        **kwargs: passed on to :func:`prunelab.data.load` (e.g. ``limit``).
+    """
+    from prunelab import data
+
+    return data.load(dataset or args.dataset, data_dir=args.data_dir, val_size=val_size(args),
+                     seed=getattr(args, "seed", 0), normalize=args.normalize, **kwargs)
+
+
+def checkpoint_data(args, meta: dict):
+    """The data set a checkpoint was trained on (``--dataset`` wins), prepared as it was."""
+    dataset = args.dataset or meta.get("extra", {}).get("dataset")
+    if not dataset:
+        raise ConfigError("the checkpoint does not say which data set it was trained on; pass --dataset")
+    if args.normalize == "standard" and meta.get("extra", {}).get("normalize"):
+        args.normalize = meta["extra"]["normalize"]
+    return load_data(args, dataset)
+
+
+def print_eval(label: str, metrics: dict) -> None:
+    """One line: top-1, top-5, loss and sample count of an evaluation."""
+    print(f"{label}: top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  loss {metrics['loss']:.4f}  (n={metrics['n']})")
+
+
+def nested_subparsers(sub: argparse._SubParsersAction, name: str, help_text: str,
+                      metavar: str = "COMMAND") -> argparse._SubParsersAction:
+    """The sub-commands of group ``name`` (``prunelab NAME ...``), created on first use.
+
+    Several modules add commands to one group (``study``): whoever comes first creates it, later
+    ones find its sub-parsers action (argparse allows one per parser) and add to it.
+
+    Args:
+        sub: the top-level sub-parsers action of ``prunelab``.
+        name: the group's command name.
+        help_text: its help line, when this call creates it.
+        metavar: how ``--help`` names its sub-commands.
+
+    Returns:
+        The action to call ``add_parser`` on.
+    """
+    parser = sub.choices.get(name)
+    if parser is None:
+        parser = sub.add_parser(name, help=help_text)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest=f"{name}_command", parser_class=type(parser), metavar=metavar)
