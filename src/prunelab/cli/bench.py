@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 from prunelab.training import distributed
 from prunelab.errors import ConfigError, DataError
+from prunelab.utils.progress import progress
 
 
 def register(subparsers) -> None:
@@ -91,72 +91,36 @@ def _pick_dataset(args) -> tuple[str | None, str | None]:
 
 
 class Progress:
-    """One status line: current run, runs done/left, elapsed; redrawn every second on a terminal.
+    """The sweep's progress: a tqdm bar (runs done / left, elapsed, the current run) on a terminal.
 
-    Off a terminal, it prints one line per run start instead (logs stay readable).
+    Off a terminal, it prints one line per run start instead, so logs stay readable.
     """
 
     def __init__(self, total: int, stream=None):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.total, self.done, self.current = total, 0, ""
-        self.t0 = time.perf_counter()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = None
-        if self.tty:
-            self._thread = threading.Thread(target=self._tick, daemon=True)
-            self._thread.start()
-
-    def _line(self) -> str:
-        elapsed = int(time.perf_counter() - self.t0)
-        width = 20
-        filled = int(width * self.done / max(1, self.total))
-        return (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} done, "
-                f"{self.total - self.done} left, {elapsed // 60:02d}:{elapsed % 60:02d} | {self.current}")
-
-    def _draw(self) -> None:
-        line = self._line()
-        columns = 120
-        self.stream.write("\r\x1b[2K" + line[:columns])
-        self.stream.flush()
-
-    def _tick(self) -> None:
-        while not self._stop.wait(1.0):
-            with self._lock:
-                self._draw()
+        self.total, self.done = total, 0
+        self.bar = progress(total=total, desc="runs", unit="run", enabled=self.tty, leave=True)
 
     def start(self, index: int, spec) -> None:
-        with self._lock:
-            self.current = f"{spec.model} {spec.label} target {spec.target:g} seed {spec.seed}"
-            if self.tty:
-                self._draw()
-            else:
-                print(self._line(), file=self.stream, flush=True)
+        current = f"{spec.model} {spec.label} target {spec.target:g} seed {spec.seed}"
+        if self.tty:
+            self.bar.set_postfix_str(current)
+        else:
+            print(f"[{self.done}/{self.total} done, {self.total - self.done} left] {current}", file=self.stream, flush=True)
 
     def end(self) -> None:
-        with self._lock:
-            self.done += 1
-            if self.tty:
-                self._draw()
+        self.done += 1
+        self.bar.update(1)
 
     def log(self, message: str) -> None:
-        with self._lock:
-            if self.tty:
-                self.stream.write("\r\x1b[2K")
+        if self.tty:
+            self.bar.write(f"  {message}", file=self.stream)
+        else:
             print(f"  {message}", file=self.stream, flush=True)
-            if self.tty:
-                self._draw()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        with self._lock:
-            if self.tty:
-                self._draw()
-                self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()
 
 
 STUDY_SUITE_DESCRIPTION = ("Pitas et al.'s depth and latent-dimensionality studies (hard thresholding, no retraining): "
