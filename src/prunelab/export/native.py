@@ -51,6 +51,8 @@ from pathlib import Path
 
 import torch  # noqa: F401  (loaded first: its libgomp then also serves the kernel's OpenMP)
 
+from prunelab.utils.io import atomic_path
+
 __all__ = ["load", "get", "status", "reset", "kernel_source", "DESCRIPTOR_FIELDS"]
 
 #: Order of the int64 fields of a layer descriptor (``enum`` in the C source).
@@ -116,6 +118,10 @@ def _compiler_version(cc: str) -> str:
         return ""
 
 
+class _CompileError(Exception):
+    """The compiler rejected the kernel with these flags (its stderr is the message)."""
+
+
 def _build(cc: str) -> tuple[Path | None, tuple[str, ...], str]:
     """Compile the kernel (or find it cached). Returns (library path or None, flags, message)."""
     version = _compiler_version(cc)
@@ -130,23 +136,18 @@ def _build(cc: str) -> tuple[Path | None, tuple[str, ...], str]:
         if target.is_file():
             return target, flags, "cached"
         source = directory / f".prunelab_sparse_{key}_{os.getpid()}.c"
-        partial = directory / f".prunelab_sparse_{key}_{os.getpid()}.so"
         try:
             source.write_text(c_source)
-            cmd = [cc, *flags, "-std=gnu11", "-shared", "-fPIC", "-o", str(partial), str(source)]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
-            if done.returncode == 0:
-                os.replace(partial, target)
-                return target, flags, "built"
-            errors.append(f"{' '.join(flags)}: {done.stderr.strip()[-300:]}")
-        except (OSError, subprocess.SubprocessError) as exc:
+            with atomic_path(target) as partial:   # a killed build never leaves a half library under the key
+                cmd = [cc, *flags, "-std=gnu11", "-shared", "-fPIC", "-o", str(partial), str(source)]
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
+                if done.returncode != 0:
+                    raise _CompileError(done.stderr.strip()[-300:])
+            return target, flags, "built"
+        except (_CompileError, OSError, subprocess.SubprocessError) as exc:
             errors.append(f"{' '.join(flags)}: {exc}")
         finally:
-            for leftover in (source, partial):
-                try:
-                    leftover.unlink()
-                except OSError:
-                    pass
+            source.unlink(missing_ok=True)
     return None, (), "compilation failed: " + " | ".join(errors)
 
 

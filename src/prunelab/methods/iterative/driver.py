@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from torch import nn
 
 from prunelab.training import distributed as _dist
 from prunelab.errors import ConfigError, MethodError
+from prunelab.utils.io import plain_json
 from prunelab.core.masks import Masks
 from prunelab.core.pqi import gini_index_model, grid_to_lists, pq_index_grid_model, pq_index_model
 from prunelab.training.loop import Callback, TrainConfig, evaluate, train
@@ -225,7 +226,7 @@ def iterate(
             if any(bool((new[n] & ~masks[n]).any()) for n in masks):
                 raise MethodError("internal error: a round revived pruned weights (masks must only shrink)")
             rec["pruned"] = masks.kept() - new.kept()
-            rec["prune_info"] = _jsonable(info)
+            rec["prune_info"] = plain_json(info)
             masks = new
             masks.apply(model)
             seconds_prune = time.perf_counter() - t0
@@ -317,13 +318,3 @@ def iterate(
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.2%}"
-
-
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    return obj
