@@ -44,8 +44,8 @@ class Registry(Generic[T]):
         """Register ``obj`` as ``name``; without ``obj``, a decorator that does so."""
         def add(item: T) -> T:
             old = self._entries.get(name)
-            if old is not None and old is not item and getattr(old, "__qualname__", None) != getattr(item, "__qualname__", 0):
-                raise self.error(f"{self.kind} {name!r} is registered twice")
+            if old is not None and old is not item:
+                raise self.error(f"{self.kind} {name!r} is registered twice (by {_describe(old)} and {_describe(item)})")
             self._entries[name] = item
             return item
 
@@ -78,3 +78,7 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _describe(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
