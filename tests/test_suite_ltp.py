@@ -204,7 +204,8 @@ def test_missing_store_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ConfigError, match="holds no results.sqlite"):
         write_ltp_results(tmp_path)
     assert main([str(tmp_path)]) == 2
-    assert "prunelab bench --suite ltp" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert err.startswith("prunelab: error: ") and "prunelab bench --suite ltp" in err and len(err.splitlines()) == 1
     with Store(tmp_path / "empty"):
         pass
     with pytest.raises(ConfigError, match="no completed LTP"):

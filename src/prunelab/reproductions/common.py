@@ -6,6 +6,7 @@ writing the report (Markdown + HTML through :mod:`prunelab.utils.render`, JSON t
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -148,7 +149,7 @@ def results_main(argv, paper: str, suite: str, write, done: str, options: dict |
     try:
         paths = write(args.outdir, args.dest, **extra)
     except ConfigError as exc:
-        print(f"prunelab: {exc}")
+        print(f"prunelab: error: {exc}", file=sys.stderr)
         return 2
     print(done.format(**{**paths, "figures": len(paths.get("figures", []))}))
     return 0
