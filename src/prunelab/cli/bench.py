@@ -123,33 +123,16 @@ class Progress:
         self.bar.close()
 
 
-STUDY_SUITE_DESCRIPTION = ("Pitas et al.'s depth and latent-dimensionality studies (hard thresholding, no retraining): "
-                           "narrow conv6 and fc on Fashion-MNIST, 3 seeds")
-
-
 def _run_pitas_studies(args) -> int:
     """The studies are not pruning runs of the store: they write OUT/studies/*.json and figures,
     and a self-contained report of their own (OUT/studies/report.html and report.md)."""
-    from prunelab.reproductions.pitas.studies import run_pitas_studies
-    from prunelab.utils.render import Document, Figure, Paragraph, Section, write_document
+    from prunelab.reproductions.pitas.studies import run_pitas_studies, write_studies_report
 
     dataset = args.dataset or "fashion-mnist"
     out = Path(args.out) if args.out else Path("runs") / "pitas-studies"
-    (out / "studies").mkdir(parents=True, exist_ok=True)
     results = run_pitas_studies(out, dataset, data_dir=args.data_dir,
                                 log=lambda line: print(line, file=sys.stderr))
-    sections = []
-    for res in results:
-        model, data_info = res.get("model") or {}, res.get("dataset") or {}
-        model_name = model.get("name", "") if isinstance(model, dict) else str(model)
-        data_name = data_info.get("name", dataset) if isinstance(data_info, dict) else str(data_info)
-        title = f"{res.get('study', 'study')} study: {model_name} on {data_name}"
-        blocks = [Paragraph((res.get("claims") or {}).get("text", ""))]
-        figure = res.get("figure")
-        if figure and Path(figure).is_file():
-            blocks.append(Figure(title, Path(figure).read_bytes(), title))
-        sections.append(Section(title, blocks))
-    written = write_document(Document("Pitas et al. studies", [], sections), out / "studies")
+    written = write_studies_report(results, out / "studies", dataset)
     print(f"wrote {written['html']} and {written['markdown']}", file=sys.stderr)
     return 0
 
@@ -164,7 +147,9 @@ def cmd_bench(args) -> int:
     if args.list:
         for name in suites.registry.list():
             print(f"{name}: {suites.get_suite(name).description}")
-        print(f"pitas-studies: {STUDY_SUITE_DESCRIPTION}")
+        from prunelab.reproductions.pitas.studies import STUDIES_DESCRIPTION
+
+        print(f"pitas-studies: {STUDIES_DESCRIPTION}")
         return 0
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")

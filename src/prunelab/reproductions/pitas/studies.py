@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from prunelab.errors import ConfigError
 from prunelab.reproductions.pitas.budgets import BUDGETS, HEADLINE_SPARSITY, SPARSITIES, StudyBudget, log_to_stderr
@@ -34,8 +35,12 @@ __all__ = [
     "SPARSITIES", "StudyBudget", "BUDGETS", "resolve_layers", "layer_threshold_masks",
     "depth_masks", "run_depth_study", "run_latent_study", "assess_depth", "assess_latent",
     "plot_depth", "plot_latent", "write_results", "run_pitas_studies", "HEADLINE_SPARSITY",
-    "SUITE_MODELS", "MIN_SPREAD", "MaskedEvaluator",
+    "SUITE_MODELS", "MIN_SPREAD", "MaskedEvaluator", "STUDIES_DESCRIPTION", "write_studies_report",
 ]
+
+#: What ``prunelab bench --list`` says of the ``pitas-studies`` suite.
+STUDIES_DESCRIPTION = ("Pitas et al.'s depth and latent-dimensionality studies (hard thresholding, no retraining): "
+                       "narrow conv6 and fc on Fashion-MNIST, 3 seeds")
 
 #: Models of the `pitas-studies` suite: a narrow version of the paper's CIFAR CNN and its FC net.
 SUITE_MODELS = {
@@ -80,3 +85,30 @@ def run_pitas_studies(outdir: str | os.PathLike, dataset: str = "fashion-mnist",
     write_results(res, outdir)
     out.append(res)
     return out
+
+
+def write_studies_report(results: Sequence[dict], dest: str | os.PathLike, dataset: str = "fashion-mnist") -> dict:
+    """One self-contained report of the studies' results: a section per study (its verdict, its figure).
+
+    Args:
+        results: what :func:`run_pitas_studies` returned.
+        dest: the folder (``OUTDIR/studies``): ``report.md``, ``figures/`` and ``report.html``.
+        dataset: the data set name, for titles where a result does not record it.
+
+    Returns:
+        The paths written (:func:`prunelab.utils.render.write_document`).
+    """
+    from prunelab.utils.render import Document, Figure, Paragraph, Section, write_document
+
+    sections = []
+    for res in results:
+        model, data_info = res.get("model") or {}, res.get("dataset") or {}
+        model_name = model.get("name", "") if isinstance(model, dict) else str(model)
+        data_name = data_info.get("name", dataset) if isinstance(data_info, dict) else str(data_info)
+        title = f"{res.get('study', 'study')} study: {model_name} on {data_name}"
+        blocks = [Paragraph((res.get("claims") or {}).get("text", ""))]
+        figure = res.get("figure")
+        if figure and Path(figure).is_file():
+            blocks.append(Figure(title, Path(figure).read_bytes(), title))
+        sections.append(Section(title, blocks))
+    return write_document(Document("Pitas et al. studies", [], sections), dest)
