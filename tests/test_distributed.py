@@ -697,7 +697,7 @@ def test_cli_bench_run_failing_on_one_rank_ends_every_rank(tmp_path, failing):
 
 ITERATE = ["iterate", "--pruning-schedule", "lt", "--model", "mlp", "--model-arg", "hidden=[32,16]", "--dataset", "digits",
            "--limit", "403", "--rounds", "1", "--epochs", "3", "--batch-size", "50", "--lr", "0.1", "--rate", "0.5",
-           "--no-grid", "--quiet"]
+           "--no-record-grid", "--quiet"]
 
 
 def test_cli_iterate_on_two_ranks_matches_single_process_and_only_rank0_writes(tmp_path):

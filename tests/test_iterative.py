@@ -405,5 +405,5 @@ def test_cli_iterate_then_pqi(tmp_path, capsys):
     assert "0 < p < q" in capsys.readouterr().err
     assert main(["pqi", str(tmp_path / "missing.safetensors")]) == 2
     assert main(["iterate", "--pruning-schedule", "sap", "--dataset", "digits", "--rounds", "1", "--epochs", "1",
-                 "--beta", "2", "--out", str(tmp_path / "x")]) == 2
+                 "--sap-beta", "2", "--out", str(tmp_path / "x")]) == 2
     assert "beta" in capsys.readouterr().err

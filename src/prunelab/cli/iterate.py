@@ -6,14 +6,42 @@ rank 0 alone writes the round checkpoints and ``rounds.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from prunelab.cli.common import add_data_args, load_data
-from prunelab.cli.options import add_assignment_option, add_train_options, train_config
+from prunelab.cli.options import add_assignment_option, add_dataclass_options, add_train_options, train_config
 from prunelab.errors import ConfigError
 from prunelab.training import distributed
 from prunelab.utils.io import atomic_write_json
+
+
+def _add_schedule_options(p) -> None:
+    """The schedules' hyperparameters, generated from their dataclasses: the shared ones
+    (``--rounds``, ``--scope``, ``--p``...), ``--rate`` (os, lt) and ``--sap-*`` (sap; prefixed,
+    as ``--gamma`` is the LR step factor of every training)."""
+    from prunelab.core.pqi import PQ_SCOPES
+    from prunelab.methods.iterative import REWINDS, SELECTS, FixedFractionHparams, IterativeHparams, SAPHparams
+
+    add_dataclass_options(p, IterativeHparams, defaults={"rounds": 10}, skip=("epochs", "stop_at_target"),
+                          choices={"scope": PQ_SCOPES, "rewind": REWINDS, "select": SELECTS},
+                          title="pruning rounds (every schedule)")
+    add_dataclass_options(p, FixedFractionHparams, only=("rate",), title="os and lt")
+    add_dataclass_options(p, SAPHparams, prefix="sap-", only=("eta_r", "gamma", "beta"), title="sap")
+
+
+def _schedule_fields(args) -> dict:
+    """The schedule's hyperparameters from the options :func:`_add_schedule_options` added."""
+    from prunelab.methods.iterative import IterativeHparams
+
+    shared = [f.name for f in dataclasses.fields(IterativeHparams) if f.name not in ("epochs", "stop_at_target")]
+    fields = {name: getattr(args, name) for name in shared}
+    if args.pruning_schedule == "sap":
+        fields.update(eta_r=args.sap_eta_r, gamma=args.sap_gamma, beta=args.sap_beta)
+    else:
+        fields.update(rate=args.rate)
+    return fields
 
 
 def register(subparsers) -> None:
@@ -40,19 +68,8 @@ def register(subparsers) -> None:
     add_assignment_option(p, "--model-arg", "model keyword argument (JSON value)")
     add_data_args(p)
     p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
-    p.add_argument("--rounds", type=int, default=10, help="pruning rounds T (T+1 trainings; the paper: 30)")
-    p.add_argument("--scope", default="global", choices=("global", "layer", "neuron"))
-    p.add_argument("--rate", type=float, default=0.2, help="os/lt: fraction of remaining weights pruned per round")
-    p.add_argument("--p", type=float, default=0.5, help="PQ Index p (SAP, and the value recorded every round)")
-    p.add_argument("--q", type=float, default=1.0, help="PQ Index q")
-    p.add_argument("--eta-r", type=float, default=0.0, help="SAP eta_r")
-    p.add_argument("--sap-gamma", type=float, default=1.0, help="SAP gamma")
-    p.add_argument("--beta", type=float, default=0.9, help="SAP cap on the fraction pruned per round")
-    p.add_argument("--rewind", default="init", choices=("init", "k", "none"))
-    p.add_argument("--rewind-step", type=int, default=0, help="k for --rewind k (optimizer steps of round 0)")
-    p.add_argument("--select", default="val", choices=("val", "last"), help="checkpoint of each round: best validation epoch, or last")
     p.add_argument("--target", type=float, default=0.0, help="stop at this sparsity (0: run every round)")
-    p.add_argument("--no-grid", action="store_true", help="do not record the p x q PQ Index grid")
+    _add_schedule_options(p)
     add_train_options(p, title="training of every round (the paper: 200 epochs)", epochs=5, batch_size=250,
                       optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                       schedule="cosine", clip_grad_norm=1.0)
@@ -148,12 +165,7 @@ def cmd_iterate(args) -> int:
     ds = load_data(args, limit=args.limit)
     torch.manual_seed(args.seed)
     model = models.create(args.model, ds.in_shape, ds.num_classes, **dict(args.model_arg or []))
-    fields = dict(scope=args.scope, rewind=args.rewind, rewind_step=args.rewind_step, select=args.select,
-                  p=args.p, q=args.q, record_grid=not args.no_grid)
-    if args.pruning_schedule == "sap":
-        fields.update(eta_r=args.eta_r, gamma=args.sap_gamma, beta=args.beta)
-    else:
-        fields.update(rate=args.rate)
+    fields = _schedule_fields(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -162,7 +174,7 @@ def cmd_iterate(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     print(f"data: {ds.name} ({len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test); "
           f"model {args.model}; {args.pruning_schedule} for {args.rounds} rounds x {args.epochs} epochs", flush=True)
-    result = iterate(model, ds, args.pruning_schedule, rounds=args.rounds, train_config=config, target=args.target,
+    result = iterate(model, ds, args.pruning_schedule, train_config=config, target=args.target,
                      checkpoint_dir=out, log=log, **fields)
     summary = {"schedule": args.pruning_schedule, "model": args.model, "dataset": ds.name, "info": result.info,
                "phase_times": result.phase_times, "rounds": result.rounds}
