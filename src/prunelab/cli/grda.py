@@ -19,7 +19,7 @@ import json
 import time
 
 from prunelab.cli.common import add_data_args, load_data, nested_subparsers
-from prunelab.cli.options import add_train_options, train_config
+from prunelab.cli.options import add_dataclass_options, add_train_options, train_config
 from prunelab.cli.studies import study_subparsers
 from prunelab.errors import ConfigError
 from prunelab.training import distributed
@@ -31,10 +31,11 @@ GRDA_TRAIN_FIELDS = ("epochs", "batch_size", "lr", "schedule", "step_epochs", "g
                      "eval_batch_size")
 
 
-def _add_grda_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mu", type=float, default=0.55, help="time exponent μ (0.5 < μ < 1; default 0.55)")
-    p.add_argument("--threshold-all", action="store_true",
-                   help="threshold biases and norm parameters too (the official code does)")
+def _add_grda_args(p: argparse.ArgumentParser, fields: tuple[str, ...] = ("mu", "threshold_all")) -> None:
+    """gRDA's own options, generated from :class:`~prunelab.methods.grda.method.GRDAHparams`."""
+    from prunelab.methods.grda.method import GRDAHparams
+
+    add_dataclass_options(p, GRDAHparams, only=fields, title="gRDA (Chao et al. 2020)")
     p.add_argument("--model", default="lenet5", help="model name (see `prunelab info`)")
     p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the batch order")
 
@@ -146,15 +147,16 @@ def cmd_valley(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``grda train``, ``grda search`` and ``study valley`` to the ``prunelab`` parser."""
+    from prunelab.methods.grda.method import GRDAHparams
+
     grda = nested_subparsers(sub, "grda", "train with the gRDA optimizer (directional pruning) or search its c")
 
     p = grda.add_parser("train", help="train from the seeded init with gRDA, save a checkpoint (--c 0: plain SGD)")
     add_data_args(p)
-    _add_grda_args(p)
-    p.add_argument("--c", type=float, default=0.005, help="threshold scale c (0: plain SGD without momentum)")
-    p.add_argument("--grda-schedule", default="cifar", choices=("cifar", "constant", "config"),
-                   help="lr factor over the run: cifar (1 for 50%% of the epochs, linear to 0.01 at 90%%, then "
-                        "0.01), constant, or config (the training --schedule)")
+    _add_grda_args(p, ("c", "mu", "threshold_all"))
+    # prefixed: --schedule is the training's LR schedule in every command
+    add_dataclass_options(p, GRDAHparams, prefix="grda-", only=("schedule",),
+                          choices={"schedule": ("cifar", "constant", "config")})
     add_train_options(p, title="training (gRDA replaces the optimizer: no momentum, weight decay or betas)",
                       only=GRDA_TRAIN_FIELDS, epochs=15, lr=0.05)
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.safetensors)")

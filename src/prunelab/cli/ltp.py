@@ -12,10 +12,25 @@ import json
 import time
 
 from prunelab.cli.common import add_data_args, checkpoint_data, print_eval
-from prunelab.cli.options import add_train_options, train_config
+from prunelab.cli.options import add_dataclass_options, add_train_options, train_config
 from prunelab.errors import ConfigError, MethodError
 from prunelab.training import distributed
 from prunelab.utils.io import plain_json
+
+
+#: The :class:`~prunelab.methods.ltp.LTPHparams` fields that shape the threshold training; the
+#: command sets the others itself (budget, optimizer and target handling).
+THRESHOLD_FIELDS = ("penalty_weight", "temperature", "threshold_lr", "threshold_momentum", "penalty", "gradient",
+                    "threshold_init_quantile", "check_every", "stall_fraction")
+
+
+def _add_threshold_options(p) -> None:
+    """LTP's threshold options, generated from :class:`~prunelab.methods.ltp.LTPHparams`."""
+    from prunelab.methods.ltp import LTPHparams
+
+    add_dataclass_options(p, LTPHparams, only=THRESHOLD_FIELDS,
+                          choices={"penalty": ("l0", "l1", "l2"), "gradient": ("approx", "exact")},
+                          title="learned thresholds (Azarian et al. 2020)")
 
 
 def register(subparsers) -> None:
@@ -24,12 +39,7 @@ def register(subparsers) -> None:
         "ltp", help="learned threshold pruning of a checkpoint: train thresholds, print the trail, pick, fine-tune")
     p.add_argument("checkpoint", help="a trained (dense) prunelab checkpoint")
     add_data_args(p, dataset_default=None)
-    p.add_argument("--penalty-weight", type=float, default=3.0,
-                   help="lambda, weight of the soft-L0 density penalty (larger: sparser; default 3)")
-    p.add_argument("--temperature", type=float, default=2.0, help="T0 of T_l = T0 * Var|w_l| (default 2)")
-    p.add_argument("--threshold-lr", type=float, default=1.0, help="learning rate of the relative thresholds")
-    p.add_argument("--gradient", default="approx", choices=("approx", "exact"),
-                   help="d v / d w: the approximation of Azarian et al. 2020 (Eq. 14), or exact")
+    _add_threshold_options(p)
     add_train_options(p, title="training of the network and its thresholds", epochs=8, optimizer="sgd", lr=0.03)
     p.add_argument("--target-compression", type=float, default=None,
                    help="pick the trail entry of smallest compression >= this (e.g. 40), and stop training there")
@@ -38,8 +48,6 @@ def register(subparsers) -> None:
     p.add_argument("--exact", action="store_true",
                    help="with --target-compression, bring the picked network to exactly that compression, as the "
                         "benchmark harness does (prune the rest by magnitude, or lower all thresholds by one factor)")
-    p.add_argument("--check-every", type=int, default=10,
-                   help="optimizer steps between checks of the target compression (default 10)")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="pick the most compressed entry with validation top-1 >= this fraction (e.g. 0.89)")
     add_train_options(p, prefix="finetune-", title="fine-tuning of the picked network, mask fixed (none with --finetune-epochs 0)",
@@ -87,9 +95,8 @@ def cmd_ltp(args) -> int:
     stop = args.target_compression if args.target_compression is not None and not args.no_stop else None
     t0 = time.perf_counter()
     trail, _ = learn_thresholds(
-        model, data, config, penalty_weight=args.penalty_weight, temperature=args.temperature,
-        threshold_lr=args.threshold_lr, gradient=args.gradient, stop_at_compression=stop,
-        check_every=args.check_every, checkpoint_dir=args.trail_dir, log=log)
+        model, data, config, **{name: getattr(args, name) for name in THRESHOLD_FIELDS},
+        stop_at_compression=stop, checkpoint_dir=args.trail_dir, log=log)
     seconds = time.perf_counter() - t0
     records = [plain_json(e.record(), finite=True) for e in trail]
     if not args.json:

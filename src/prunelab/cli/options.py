@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Callable, Iterable, Mapping
@@ -67,7 +68,8 @@ def _appends_default() -> bool:
 
 def _help(doc: str, kwargs: dict) -> str:
     # argparse %-formats help strings; docstrings write literals as ``x``.
-    text = doc.replace("``", "").replace("%", "%%").strip().rstrip(".")
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc)   # Sphinx roles read as their target
+    text = text.replace("``", "").replace("%", "%%").strip().rstrip(".")
     if kwargs.get("action") is argparse.BooleanOptionalAction and _appends_default():
         return text
     if getattr(kwargs.get("type"), "__name__", "").endswith("(or none)"):
