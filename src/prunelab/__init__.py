@@ -22,6 +22,7 @@ from prunelab.training.loop import Callback, TrainConfig, evaluate, train
 from prunelab.core.checkpoints import load_checkpoint, save_checkpoint
 from prunelab import data, models, methods, export  # noqa: E402
 from prunelab.api import prune  # noqa: E402
+from prunelab import reproductions  # noqa: E402,F401  (the papers' suites register themselves)
 
 __all__ = [
     "PrunelabError", "Masks", "prunable_parameters", "TrainConfig", "Callback", "train", "evaluate",

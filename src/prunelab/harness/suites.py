@@ -19,8 +19,8 @@ error (:func:`method_entries`), never a silent skip.
 
 Code suites are functions decorated with ``@register_suite("name")`` that take the data set name
 (None: the suite's own default) and return a :class:`Suite`; they live in :data:`registry`. The
-papers' suites (:mod:`prunelab.reproductions`) are imported on first use of the registry, so they
-register themselves.
+papers' suites live with their papers in :mod:`prunelab.reproductions`, which ``import prunelab``
+imports (the package sits above the harness, so this module never imports it).
 
 File suites (``prunelab bench --suite my.toml``)::
 
@@ -40,7 +40,6 @@ File suites (``prunelab bench --suite my.toml``)::
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,40 +133,8 @@ class Suite:
         return list(dict.fromkeys(s.label for s in self.specs))
 
 
-_DISCOVERED: list[bool] = []
-
-
-def _discover() -> None:
-    """Import :mod:`prunelab.reproductions` once, so the papers' suites register themselves.
-
-    The harness sits below the reproductions and never imports them at module level; this one
-    deferred import is the only upward reference, and a failure in it is raised, never skipped.
-    """
-    if _DISCOVERED:
-        return
-    _DISCOVERED.append(True)
-    importlib.import_module("prunelab.reproductions")
-
-
-class _SuiteRegistry(Registry):
-    """The registry idiom, answering only after the papers' suites have registered (:func:`_discover`):
-    ``registry.list()`` lists every suite whoever imported what."""
-
-    def key(self, name: str) -> str:
-        _discover()
-        return super().key(name)
-
-    def list(self) -> list[str]:
-        _discover()
-        return super().list()
-
-    def __contains__(self, name: object) -> bool:
-        _discover()
-        return super().__contains__(name)
-
-
 #: suite name → ``fn(dataset: str | None) -> Suite``; ``registry.list()`` names them all.
-registry: Registry[Callable[..., Suite]] = _SuiteRegistry("suite", error=ConfigError)
+registry: Registry[Callable[..., Suite]] = Registry("suite", error=ConfigError)
 
 
 def register_suite(name: str):
