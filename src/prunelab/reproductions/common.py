@@ -13,8 +13,8 @@ from typing import Callable, Iterable, Sequence
 from prunelab.errors import ConfigError
 from prunelab.harness.store import FILENAME, Store
 from prunelab.utils.figures import new_figure, png_bytes
-from prunelab.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from prunelab.utils.render import Document, render_html, render_markdown
+from prunelab.utils.io import atomic_write_bytes, atomic_write_json
+from prunelab.utils.render import Document, write_document
 
 __all__ = ["pct", "read_suite_store", "open_suite_store", "provenance", "figure_grid", "save_png", "write_report",
            "results_main"]
@@ -110,18 +110,9 @@ def write_report(doc: Document, dest: str | Path, name: str, figure_names: Seque
     Returns:
         ``{"markdown", "html", "json" (or None), "figures": [paths]}``.
     """
-    dest = Path(dest)
-    figures = doc.figures()
-    if len(figures) != len(figure_names):
-        raise ValueError(f"{len(figures)} figures but {len(figure_names)} file names")
-    paths, written = {}, []
-    for (si, fi, fig), file_name in zip(figures, figure_names):
-        written.append(atomic_write_bytes(dest / "figures" / file_name, fig.png, mkdir=True))
-        paths[(si, fi)] = f"figures/{file_name}"
-    json_path = atomic_write_json(dest / json_name, payload, indent=1, mkdir=True) if json_name else None
-    html_path = atomic_write_text(dest / f"{name}.html", render_html(doc), mkdir=True)
-    md_path = atomic_write_text(dest / f"{name}.md", render_markdown(doc, paths), mkdir=True)
-    return {"markdown": md_path, "html": html_path, "json": json_path, "figures": written}
+    written = write_document(doc, dest, name, figure_names=figure_names)
+    json_path = atomic_write_json(Path(dest) / json_name, payload, indent=1, mkdir=True) if json_name else None
+    return {**written, "json": json_path}
 
 
 def results_main(argv, paper: str, suite: str, write, done: str, options: dict | None = None) -> int:

@@ -18,7 +18,7 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 from prunelab.utils.io import atomic_write_bytes, atomic_write_text
 
@@ -137,7 +137,7 @@ def render_html(doc: Document) -> str:
 
 
 def write_document(doc: Document, dest: str | Path, name: str = "report",
-                   figures_dir: str = "figures") -> dict:
+                   figures_dir: str = "figures", figure_names: Sequence[str] | None = None) -> dict:
     """Write ``dest/<name>.md`` (figures as PNGs in ``dest/<figures_dir>``) and ``dest/<name>.html``.
 
     Args:
@@ -145,20 +145,28 @@ def write_document(doc: Document, dest: str | Path, name: str = "report",
         dest: the output folder (created when missing).
         name: the base name of the two files.
         figures_dir: the figures' folder, relative to ``dest``.
+        figure_names: file names of the figures, one per figure of ``doc`` in order (default:
+            ``<section>-<title>-<figure>-<name>.png``); fixed names keep links to them valid when a
+            report is written again.
 
     Returns:
         ``{"markdown": path, "html": path, "figures": [paths]}``.
+
+    Raises:
+        ValueError: ``figure_names`` does not name every figure once.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    figures = doc.figures()
+    if figure_names is None:
+        figure_names = [f"{si:02d}-{slug(doc.sections[si].title)}-{fi:02d}-{slug(fig.name)}.png"
+                        for si, fi, fig in figures]
+    if len(figure_names) != len(figures):
+        raise ValueError(f"{len(figures)} figures but {len(figure_names)} file names")
     paths, written = {}, []
-    if doc.figures():
-        (dest / figures_dir).mkdir(parents=True, exist_ok=True)
-    for si, fi, fig in doc.figures():
-        path = dest / figures_dir / f"{si:02d}-{slug(doc.sections[si].title)}-{fi:02d}-{slug(fig.name)}.png"
-        atomic_write_bytes(path, fig.png)
-        paths[(si, fi)] = f"{figures_dir}/{path.name}"
-        written.append(path)
+    for (si, fi, fig), file_name in zip(figures, figure_names):
+        written.append(atomic_write_bytes(dest / figures_dir / file_name, fig.png, mkdir=True))
+        paths[(si, fi)] = f"{figures_dir}/{file_name}"
     md_path, html_path = dest / f"{name}.md", dest / f"{name}.html"
     atomic_write_text(html_path, render_html(doc))
     atomic_write_text(md_path, render_markdown(doc, paths))
