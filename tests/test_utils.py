@@ -29,8 +29,8 @@ def test_registry_register_get_create_list():
     assert reg.get("B") is make_b
     assert reg.create("b", size=3) == ("b", 3)
     assert "A" in reg and "c" not in reg and len(reg) == 2
-    reg.register("b", make_b)  # the same object again: a no-op
-    assert reg.list() == ["a", "b"]
+    with pytest.raises(ConfigError, match="'b' is registered twice"):
+        reg.register("B", make_b)  # normalised, and taken even by the same object
 
 
 def test_registry_unknown_name_lists_known_and_duplicate_is_an_error():

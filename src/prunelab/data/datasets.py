@@ -135,9 +135,7 @@ def register(name: str, default_val_size: int | float = 5000) -> Callable:
     """
 
     def decorator(loader: Callable[..., RawData]) -> Callable[..., RawData]:
-        if name in registry:
-            raise ConfigError(f"dataset {name!r} is registered twice; pick another name")
-        registry.register(_normalize_name(name), DatasetEntry(loader, default_val_size))
+        registry.register(name, DatasetEntry(loader, default_val_size))
         return loader
 
     return decorator

@@ -42,11 +42,7 @@ def register(name: str) -> Callable[[Factory], Factory]:
     Raises:
         ModelError: ``name`` is taken or the factory's signature does not follow the rule above.
     """
-    key = name.strip().lower()
-
     def decorator(factory: Factory) -> Factory:
-        if key in registry:
-            raise ModelError(f"a model named {key!r} is already registered; pick another name")
         params = [*inspect.signature(factory).parameters.values()]
         positional = [p for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         options = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
@@ -55,7 +51,7 @@ def register(name: str) -> Callable[[Factory], Factory]:
                 f"model factory {factory.__name__!r} must have the signature "
                 "(in_shape, num_classes, *, option=default, ...)"
             )
-        return registry.register(key, factory)
+        return registry.register(name, factory)
 
     return decorator
 

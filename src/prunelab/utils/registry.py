@@ -1,7 +1,7 @@
 """One registry idiom for methods, models, data sets and suites: ``register``, ``get``, ``create``, ``list``.
 
 A name that does not resolve is an error that lists the known names, never a silent skip; a name
-registered twice by different objects is an error too.
+registered twice is an error too.
 """
 
 from __future__ import annotations
@@ -41,12 +41,18 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None):
-        """Register ``obj`` as ``name``; without ``obj``, a decorator that does so."""
+        """Register ``obj`` as ``name`` (normalised); without ``obj``, a decorator that does so.
+
+        Raises:
+            the registry's error: ``name`` is registered already (by this object or another).
+        """
+        key = self._normalize(name)
+
         def add(item: T) -> T:
-            old = self._entries.get(name)
-            if old is not None and old is not item:
-                raise self.error(f"{self.kind} {name!r} is registered twice (by {_describe(old)} and {_describe(item)})")
-            self._entries[name] = item
+            if key in self._entries:
+                raise self.error(f"{self.kind} {key!r} is registered twice: already registered by "
+                                 f"{_describe(self._entries[key])}, again by {_describe(item)}; pick another name")
+            self._entries[key] = item
             return item
 
         return add if obj is None else add(obj)
