@@ -19,8 +19,6 @@ gradient of the global batch mean, so a run on N ranks follows the single-proces
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Iterable
@@ -268,14 +266,6 @@ def _has_constraints(model: nn.Module) -> bool:
     return any(hasattr(m, "apply_constraint") for m in model.modules())
 
 
-def _progress_enabled(progress: bool | None) -> bool:
-    """Whether to show the bar: ``progress`` when given, else only on a terminal and unless
-    ``PRUNELAB_PROGRESS=0`` (the bench sets it to silence the bars of inner training loops)."""
-    if progress is None:
-        return sys.stderr.isatty() and os.environ.get("PRUNELAB_PROGRESS", "1") != "0"
-    return bool(progress)
-
-
 def train(
     model: nn.Module,
     data,
@@ -366,8 +356,8 @@ def train(
     constrained = _has_constraints(model)
     params = [p for p in model.parameters() if p.requires_grad]
     wants_extra = [cb for cb in callbacks if type(cb).extra_loss is not Callback.extra_loss]
-    show_progress = _progress_enabled(progress)
-    bar = progress_bar(total=config.epochs * steps_per_epoch, desc=label, enabled=show_progress, unit="step")
+    bar = progress_bar(total=config.epochs * steps_per_epoch, desc=label, enabled=progress, unit="step")
+    show_progress = not bar.disable
     best_top1, best_params = -1.0, None
 
     for cb in callbacks:
