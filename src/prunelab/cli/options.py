@@ -17,7 +17,7 @@ import typing
 from typing import Any, Callable, Iterable, Mapping
 
 from prunelab.errors import ConfigError
-from prunelab.utils.docstrings import class_attribute_docs
+from prunelab.utils.docstrings import class_attribute_docs, field_defaults
 from prunelab.utils.parsing import parse_assignment
 
 
@@ -109,18 +109,14 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, prefix: st
         raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
     hints = typing.get_type_hints(cls)
     docs = class_attribute_docs(cls)
+    class_defaults = field_defaults(cls)
     target = parser.add_argument_group(title) if title else parser
     for name in wanted:
         if name in skip:
             continue
         field = fields[name]
-        if name in defaults:
-            default = defaults[name]
-        elif field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
+        default = defaults.get(name, class_defaults[name])
+        if default is dataclasses.MISSING:
             raise TypeError(f"{cls.__name__}.{name} has no default; give one in defaults")
         kwargs = _field_kwargs(hints.get(name, Any), default)
         field_choices = choices.get(name, field.metadata.get("choices"))

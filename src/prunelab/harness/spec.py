@@ -26,6 +26,7 @@ from prunelab import data as data_mod
 from prunelab import methods, models
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.training.loop import TrainConfig
+from prunelab.utils.docstrings import field_defaults
 from prunelab.utils.io import plain_json
 
 PHASES = ("dense", "pruned", "final")
@@ -51,18 +52,6 @@ def _jsonable(value, default=MISSING, where="value"):
         return _jsonable(value.item(), default, where)
     raise ConfigError(f"{where} = {value!r} is not a number, string, boolean, list or dict; "
                       "run specs must be JSON-able")
-
-
-def _field_defaults(cls) -> dict:
-    out = {}
-    for f in fields(cls):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-        else:
-            out[f.name] = MISSING
-    return out
 
 
 def canonical_options(values: dict, defaults: dict, what: str, allow_unknown: bool = False) -> dict:
@@ -171,7 +160,7 @@ class RunSpec:
             "method": self.method,
             "target": _jsonable(self.target, 0.0, "target"),
             "seed": _jsonable(self.seed, 0, "seed"),
-            "hparams": canonical_options(self.hparams, _field_defaults(cls.Hparams), f"hyperparameter of method {self.method!r}:"),
+            "hparams": canonical_options(self.hparams, field_defaults(cls.Hparams), f"hyperparameter of method {self.method!r}:"),
             "model_kwargs": canonical_options(self.model_kwargs, _model_defaults(self.model), f"option of model {self.model!r}:"),
             "data_kwargs": canonical_options(self.data_kwargs, data_option_defaults(), "data option", allow_unknown=True),
             "dense": canonical_options(self.dense, _train_defaults(), "dense-training option"),
@@ -179,7 +168,7 @@ class RunSpec:
             "calib_size": self.calib_size,
         }
         # A field at its default is left out, so adding a spec field later keeps old hashes.
-        spec_defaults = _field_defaults(RunSpec)
+        spec_defaults = field_defaults(RunSpec)
         return {k: v for k, v in out.items() if not (spec_defaults.get(k, MISSING) is not MISSING
                                                       and v == _jsonable(spec_defaults[k]))}
 
@@ -274,7 +263,7 @@ def _short(value) -> str:
 
 
 def _train_defaults() -> dict:
-    defaults = _field_defaults(TrainConfig)
+    defaults = field_defaults(TrainConfig)
     defaults.pop("seed")  # the spec's seed is the one seed; a budget may not carry its own
     return defaults
 

@@ -12,6 +12,7 @@ this file.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from prunelab.errors import MethodError
@@ -25,7 +26,7 @@ from prunelab.methods.base import (
     TrainingMethod,
     check_sparsity,
 )
-from prunelab.utils.docstrings import class_attribute_docs
+from prunelab.utils.docstrings import class_attribute_docs, field_defaults
 from prunelab.utils.registry import Registry
 
 registry: Registry[type[Method]] = Registry("method", error=MethodError)
@@ -70,16 +71,10 @@ def hparam_docs(name: str) -> dict[str, dict]:
     The text is the field's entry in the ``Attributes:`` section of the ``Hparams`` docstring
     (continuation lines joined; empty when the field is not documented there).
     """
-    import dataclasses
-
     cls = get(name).Hparams
     docs = class_attribute_docs(cls)   # a subclass's entry replaces its base's
-    out = {}
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out[f.name] = {"default": default, "doc": docs.get(f.name, "")}
-    return out
+    return {field: {"default": None if default is dataclasses.MISSING else default, "doc": docs.get(field, "")}
+            for field, default in field_defaults(cls).items()}
 
 
 # Each module registers itself on import; one that fails to import is an error, never a silent skip.

@@ -1,4 +1,5 @@
-"""Field documentation read from Google-style docstrings at run time.
+"""Dataclass fields described at run time: their defaults, and their documentation read from
+Google-style docstrings.
 
 A dataclass documents its fields once, in the ``Attributes:`` section of its docstring; ``prunelab
 info METHOD`` and the command-line help of every generated option read them from there.
@@ -6,6 +7,7 @@ info METHOD`` and the command-line help of every generated option read them from
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 
@@ -60,3 +62,17 @@ def class_attribute_docs(cls: type) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         docs.update(attribute_docs(klass.__dict__.get("__doc__")))
     return docs
+
+
+def field_defaults(cls: type) -> dict:
+    """``field -> default`` of the dataclass ``cls`` (a factory's value for a ``default_factory``
+    field; :data:`dataclasses.MISSING` for a field without a default), in field order."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = dataclasses.MISSING
+    return out
