@@ -1,4 +1,4 @@
-"""Benchmark of issue 8: sparse inference latency and compact storage. Prints JSON.
+"""Benchmark: sparse inference latency and compact storage. Prints JSON.
 
 For LeNet-300-100 and LeNet-5 on 1x28x28 inputs, pruned by global magnitude at 90/95/98/99 %
 sparsity, batch 1 and 64: median latency of PyTorch dense, onnxruntime (the dense pruned model
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batch_sizes.split(",")]
     native.load()
     result = {
-        "benchmark": "export (issue 8)",
+        "benchmark": "export",
         "setup": {"threads": args.threads, "warmup": args.warmup, "reps": args.reps,
                   "timing": "interleaved candidates, median of reps (p10/p90 beside), torch.inference_mode, gc off",
                   "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),

@@ -3,7 +3,7 @@
 The model is four ``nn.Linear(2500, 2500)`` layers (25,000,000 prunable weights, float32, CPU).
 The baseline is ``sum(w.abs().sum() for w in weights)`` over the same weights. Each repetition
 times the baseline and then each PQ Index case (interleaved, so drift in machine load hits all
-alike); the script prints medians and ratios as JSON. Acceptance (issue 4): the ratio of the
+alike); the script prints medians and ratios as JSON. Acceptance: the ratio of the
 global I_{0.5,1} with all-ones masks is at most 5.
 
 Usage: python benchmarks/bench_pqi.py [--reps 15] [--threads 1]

@@ -52,7 +52,7 @@ def test_ltp_json_trail_and_trail_dir(dense, tmp_path, capsys):
 @pytest.mark.parametrize("extra,needle", [
     (["--min-accuracy", "1.0", "--epochs", "1"], "no trail entry has val top-1 >= 1 ("),
     (["--exact"], "--exact needs --target-compression"),
-    (["--target-compression", "0.5"], "--target-compression must be >= 1"),
+    (["--target-compression", "0.5"], "argument --target-compression: expected a compression ratio >= 1"),
     (["--min-accuracy", "89"], "a fraction in [0, 1]"),
 ])
 def test_ltp_bad_input_exits_2_with_one_line(dense, tmp_path, capsys, extra, needle):

@@ -493,8 +493,8 @@ def test_cli_error_on_one_rank_exits_every_rank(tmp_path):
     argv = ["prune", str(dense), "--sparsity", "0.5", "--retrain-epochs", "1", "--out", str(tmp_path / "p.safetensors")]
     codes, errors, seconds = launch(_cli_failing_worker, tmp_path, timeout=30, argv=argv)
     assert codes[1] == 2 and codes[0] != 0, (codes, errors)
-    assert "prunelab (rank 1): error: --sparsity must be in [0, 1), got 1.5" in errors[1]
-    assert "rank 1 failed: ConfigError: --sparsity must be in [0, 1)" in errors[0] or "unreachable" in errors[0]
+    assert "prunelab (rank 1): error: prune: argument --sparsity: expected a fraction in [0, 1), got 1.5" in errors[1]
+    assert "rank 1 failed: ConfigError: prune: argument --sparsity" in errors[0] or "unreachable" in errors[0]
     assert "Traceback" not in errors[1]
     assert not (tmp_path / "p.safetensors").exists()
 
@@ -761,6 +761,7 @@ def test_cli_grda_train_and_export_written_by_rank0_only(tmp_path):
     from prunelab.core.checkpoints import load_checkpoint
 
     out = tmp_path / "files"
+    out.mkdir()   # an output's directory must exist (prunelab creates none)
     ckpt = out / "grda.safetensors"
     argv = ["grda", "train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--c", "0.01", "--quiet",
             "--out", str(ckpt)]

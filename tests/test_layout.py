@@ -4,11 +4,12 @@
 - at most six modules sit directly in ``src/prunelab``;
 - layering: a package imports only from the packages below it, bottom first
   ``errors``, ``utils`` -> ``core`` -> ``data``, ``models`` (peers: neither imports the other) ->
-  ``training`` -> ``methods`` -> ``api`` -> ``export`` -> ``harness`` -> ``reproductions`` -> ``cli``
+  ``training`` -> ``methods`` -> ``api`` -> ``integrations`` -> ``export`` -> ``harness`` -> ``reproductions``
+  -> ``cli``
   -> ``__init__``, ``__main__``. Every ``import`` statement counts, at module level or inside a
   function, and so does ``importlib.import_module("prunelab....")`` with a literal name;
-- the repository stands alone: no source file, no Markdown or Python file under ``docs/`` and not
-  the README refers to notes kept outside it or to issue numbers.
+- the repository stands alone: no source file, no Markdown or Python file under ``docs/`` or
+  ``benchmarks/`` and not the README refers to notes kept outside it or to issue numbers.
 
 Each test collects every violation and lists them all in its failure message.
 """
@@ -26,13 +27,14 @@ MAX_TOP_LEVEL_MODULES = 6
 
 #: Layer of each top-level package or module; an import must go to a strictly lower layer (or stay
 #: inside its own package). ``utils`` sits just above ``errors`` (it raises prunelab's errors); ``api``
-#: (the one-call ``prune``) just above ``methods``, so the CLI and the package may both use it.
+#: (the one-call ``prune``) just above ``methods``, so the CLI and the package may both use it;
+#: ``integrations`` (callbacks for other frameworks' trainers) just above, built on both.
 LAYERS = {
     "errors": 0.0, "utils": 0.5,
     "core": 1,
     "data": 2, "models": 2,
     "training": 3,
-    "methods": 4, "api": 4.5,
+    "methods": 4, "api": 4.5, "integrations": 4.7,
     "export": 5,
     "harness": 6,
     "reproductions": 7,
@@ -136,7 +138,8 @@ def test_the_layer_check_sees_every_kind_of_import(tmp_path):
 def _text_files() -> list[Path]:
     files = [p for p in (ROOT / "src").rglob("*") if p.is_file() and "__pycache__" not in p.parts
              and ".egg-info" not in str(p)]
-    files += [p for p in (ROOT / "docs").rglob("*") if p.is_file() and p.suffix in (".md", ".py")]
+    for folder in ("docs", "benchmarks"):
+        files += [p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".md", ".py")]
     return sorted(files) + [ROOT / "README.md"]
 
 

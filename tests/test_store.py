@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, StorageError
 from prunelab.harness.runner import RunResult, RunSpec, sweep
 from prunelab.harness.store import Store
 
@@ -54,6 +54,8 @@ def test_a_failed_write_leaves_nothing(tmp_path):
         real = store._conn
 
         class FailingTraces:  # the trace insert fails after the run row went in
+            in_transaction = property(lambda self: real.in_transaction)
+
             def execute(self, *a):
                 return real.execute(*a)
 
@@ -61,7 +63,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
                 raise sqlite3.OperationalError("disk I/O error (simulated)")
 
         store._conn = FailingTraces()
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(StorageError, match="disk I/O error .simulated.; the runs stored so far are intact"):
             store.put(_result())
         store._conn = real
         assert len(store) == 0 and store.check() == []

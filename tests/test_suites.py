@@ -220,7 +220,7 @@ def test_bench_rejects_bad_specs_before_training(tmp_path, capsys, text, message
 
 def test_bench_unreadable_suite_file(tmp_path, capsys):
     status, _, err = _bench(tmp_path, capsys, "--suite", str(tmp_path / "nope.toml"))
-    assert status == 2 and "cannot read suite file" in err and len(err.strip().splitlines()) == 1
+    assert status == 2 and "nope.toml: no such suite file" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bench_default_falls_back_to_digits(tmp_path, capsys, monkeypatch):

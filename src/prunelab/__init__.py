@@ -18,6 +18,7 @@ from prunelab import errors
 from prunelab.core import masks, metrics
 from prunelab.errors import PrunelabError
 from prunelab.core.masks import Masks, prunable_parameters
+from prunelab.core.prunable import CoverageWarning, PrunableRule
 from prunelab.training.loop import Callback, TrainConfig, evaluate, train
 from prunelab.core.checkpoints import load_checkpoint, save_checkpoint
 from prunelab import data, models, methods, export  # noqa: E402
@@ -25,7 +26,7 @@ from prunelab.api import prune  # noqa: E402
 from prunelab import reproductions  # noqa: E402,F401  (the papers' suites register themselves)
 
 __all__ = [
-    "PrunelabError", "Masks", "prunable_parameters", "TrainConfig", "Callback", "train", "evaluate",
+    "PrunelabError", "Masks", "PrunableRule", "CoverageWarning", "prunable_parameters", "TrainConfig", "Callback", "train", "evaluate",
     "prune", "save_checkpoint", "load_checkpoint", "data", "models", "methods", "metrics", "masks",
     "errors", "export", "__version__",
 ]

@@ -31,3 +31,14 @@ class CheckpointError(PrunelabError):
 
 class MethodError(PrunelabError):
     """An unknown pruning method, or a method given inputs it cannot use."""
+
+
+class StorageError(PrunelabError, OSError):
+    """A file or the result store cannot be written (disk full, no permission, read-only file
+    system); what was there before is unchanged. Also an ``OSError``, with the ``errno`` of the
+    failure when one is known."""
+
+
+class DivergenceError(ConfigError):
+    """Training diverged (a non-finite loss, or one far above where it started): the recipe
+    (usually the learning rate) does not suit the model; nothing from the run is saved."""

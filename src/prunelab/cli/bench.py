@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from prunelab.cli import checks
+from prunelab.cli.options import add_device_option, command_device
 from prunelab.training import distributed
 from prunelab.errors import ConfigError, DataError
 from prunelab.utils.progress import progress
@@ -32,13 +34,16 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default=None,
                    help="run the suite on this data set (default: the suite's; quick falls back to digits "
                         "when Fashion-MNIST files are missing)")
-    p.add_argument("--data-dir", default=None, help="directory holding the data files")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--data-dir", type=checks.existing_dir, default=None, help="directory holding the data files")
+    p.add_argument("--threads", type=checks.count(1), default=1,
                    help="torch CPU threads (default 1: small models gain little from more, and on a shared "
                         "machine oversubscribed threads slow training down many times)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--dry-run", action="store_true", help="list the runs (and which are done) without running")
     p.add_argument("--list", action="store_true", help="list the registered suites and exit")
+    add_device_option(p, note="every run (dense training, pruning, retraining, evaluation) computes there; "
+                              "the device is not part of a run's identity, so stored runs are not redone "
+                              "(the pitas-studies suite runs on the CPU)")
     p.set_defaults(func=cmd_bench)
 
     p = subparsers.add_parser(
@@ -129,7 +134,7 @@ def _run_pitas_studies(args) -> int:
     from prunelab.reproductions.pitas.studies import run_pitas_studies, write_studies_report
 
     dataset = args.dataset or "fashion-mnist"
-    out = Path(args.out) if args.out else Path("runs") / "pitas-studies"
+    out = checks.output_dir(args.out or Path("runs") / "pitas-studies")
     results = run_pitas_studies(out, dataset, data_dir=args.data_dir,
                                 log=lambda line: print(line, file=sys.stderr))
     written = write_studies_report(results, out / "studies", dataset)
@@ -151,8 +156,6 @@ def cmd_bench(args) -> int:
 
         print(f"pitas-studies: {STUDIES_DESCRIPTION}")
         return 0
-    if args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -161,6 +164,9 @@ def cmd_bench(args) -> int:
             raise ConfigError("the pitas-studies suite runs in one process only (its studies are not "
                               "data-parallel); run it without torchrun")
         return _run_pitas_studies(args)
+    device = command_device(args)
+    if suites.is_suite_file(args.suite):
+        checks.input_file(args.suite, "suite")
     dataset, note = _pick_dataset(args)
     suite = suites.resolve(args.suite, dataset)
     specs = validate_all(suite.specs)  # every bad spec is refused before anything trains
@@ -169,6 +175,8 @@ def cmd_bench(args) -> int:
     if note:
         _say(note, file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / (suite.name + (f"-{dataset}" if dataset and dataset != "fashion-mnist" else ""))
+    if not args.dry_run:
+        checks.output_dir(out)
     if args.dry_run:
         if not distributed.is_main():
             return 0  # rank 0 lists them; a dry run trains nothing
@@ -196,7 +204,7 @@ def cmd_bench(args) -> int:
         progress = Progress(len(todo)) if main else _Silent()
         t0 = time.perf_counter()
         try:
-            outcome = sweep(specs, store, data_dir=args.data_dir, log=progress.log,
+            outcome = sweep(specs, store, data_dir=args.data_dir, log=progress.log, device=device,
                             on_start=lambda i, n, spec: progress.start(i, spec),
                             on_end=lambda i, n, spec, result: progress.end())
         finally:

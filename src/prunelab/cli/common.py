@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from prunelab.cli import checks
 from prunelab.errors import ConfigError
 
 
 def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "fashion-mnist") -> None:
     """``--dataset``, ``--data-dir``, ``--val-size`` and ``--normalize``."""
     p.add_argument("--dataset", default=dataset_default, help="data set name (see `prunelab info`)")
-    p.add_argument("--data-dir", default=None, help="directory holding the data files (else $PRUNELAB_DATA, cache, system)")
-    p.add_argument("--val-size", type=float, default=None, help="validation samples taken from the training set: a count, or a fraction < 1 (default: 5000 for image data sets, 0.1 for digits/synthetic)")
+    p.add_argument("--data-dir", type=checks.existing_dir, default=None, help="directory holding the data files (else $PRUNELAB_DATA, cache, system)")
+    p.add_argument("--val-size", type=checks.val_size, default=None, help="validation samples taken from the training set: a count, or a fraction < 1 (default: 5000 for image data sets, 0.1 for digits/synthetic)")
     p.add_argument("--normalize", default="standard", choices=("standard", "unit", "none"))
 
 
@@ -38,14 +39,26 @@ def load_data(args, dataset: str | None = None, **kwargs):
                      seed=getattr(args, "seed", 0), normalize=args.normalize, **kwargs)
 
 
-def checkpoint_data(args, meta: dict):
-    """The data set a checkpoint was trained on (``--dataset`` wins), prepared as it was."""
+def checkpoint_data(args, meta: dict, path=None):
+    """The data set a checkpoint was trained on (``--dataset`` wins), prepared as it was.
+
+    Args:
+        args: parsed arguments with the options of :func:`add_data_args`.
+        meta: the checkpoint's metadata.
+        path: the checkpoint, for messages (default ``args.checkpoint``).
+
+    Raises:
+        ConfigError: no data set is known, or its samples or classes do not fit the checkpoint's
+            model (before anything trains or prunes on them).
+    """
     dataset = args.dataset or meta.get("extra", {}).get("dataset")
     if not dataset:
         raise ConfigError("the checkpoint does not say which data set it was trained on; pass --dataset")
     if args.normalize == "standard" and meta.get("extra", {}).get("normalize"):
         args.normalize = meta["extra"]["normalize"]
-    return load_data(args, dataset)
+    data = load_data(args, dataset)
+    checks.check_fits(meta, data, path or getattr(args, "checkpoint", "the checkpoint"))
+    return data
 
 
 def print_eval(label: str, metrics: dict) -> None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from prunelab.cli import checks
 from prunelab.cli.common import add_data_args, checkpoint_data, load_data, print_eval
-from prunelab.cli.options import add_assignment_option, add_train_options, train_config
+from prunelab.cli.options import (
+    add_assignment_option, add_device_option, add_train_options, command_device, train_config,
+)
 from prunelab.errors import CheckpointError, ConfigError
 from prunelab.training import distributed
 
@@ -23,25 +26,29 @@ def register(sub) -> None:
     add_data_args(p)
     add_train_options(p, epochs=10, optimizer="adam", lr=1e-3)
     _add_run_args(p, "seeds the initialisation, the validation split and the batch order")
+    add_device_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("prune", help="prune a checkpoint with a one-shot method (optionally retrain)")
     p.add_argument("checkpoint")
     p.add_argument("--method", default="magnitude", help="one-shot method (see `prunelab info`)")
-    p.add_argument("--sparsity", type=float, required=True, help="fraction of prunable weights to prune, in [0, 1)")
+    p.add_argument("--sparsity", type=checks.sparsity, required=True, help="fraction of prunable weights to prune, in [0, 1)")
     add_assignment_option(p, "--hparam", "method hyperparameter, e.g. scope=layer (see `prunelab info METHOD`)")
     add_data_args(p, dataset_default=None)
     add_train_options(p, prefix="retrain-", title="retraining after pruning (none with --retrain-epochs 0)",
                       epochs=0, optimizer="adam", lr=5e-4)
-    p.add_argument("--calib-samples", type=int, default=5000, help="calibration samples for data-aware methods")
+    p.add_argument("--calib-samples", type=checks.count(1), default=5000,
+                   help="calibration samples for data-aware methods (feta, nettrim, lobs), >= 1")
     p.add_argument("--eval", action="store_true", help="evaluate on the test split after pruning")
     _add_run_args(p, "seeds the calibration sample and the retraining batch order")
+    add_device_option(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint")
     p.add_argument("checkpoint")
     add_data_args(p, dataset_default=None)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    add_device_option(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="summarise a checkpoint, or list models, methods and data sets")
@@ -52,13 +59,14 @@ def register(sub) -> None:
     add_data_args(p)
     add_train_options(p, epochs=8, optimizer="adam", lr=1e-3)
     add_train_options(p, prefix="retrain-", title="retraining after each pruning", epochs=2, optimizer="adam", lr=5e-4)
-    p.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the validation split and the batch order")
+    p.add_argument("--seed", type=checks.seed, default=0, help="seeds the initialisation, the validation split and the batch order")
+    add_device_option(p)
     p.set_defaults(func=cmd_demo)
 
 
 def _add_run_args(p, seed_help: str) -> None:
     """``--seed``, ``--out`` and ``--quiet`` of a command that writes one checkpoint."""
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--seed", type=checks.seed, default=0, help=seed_help)
     p.add_argument("--out", "-o", required=True, help="checkpoint file to write (.safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -71,23 +79,27 @@ def cmd_train(args) -> int:
     from prunelab.core.checkpoints import save_checkpoint
     from prunelab.training.loop import evaluate, train
 
+    checks.output_file(args.out)
+    models.get(args.model)   # an unknown name fails before the data loads
     config = train_config(args)
+    device = command_device(args)
     torch.manual_seed(args.seed)
     data = load_data(args)
     model = models.create(args.model, data.in_shape, data.num_classes, **dict(args.model_arg or []))
-    model.to(distributed.device())
+    model.to(device)   # created on the CPU first: one seed gives one initialisation on every device
     t0 = time.perf_counter()
-    state = train(model, data, config, progress=None if not args.quiet else False)
+    state = train(model, data, config, progress=None if not args.quiet else False, device=device)
     seconds = time.perf_counter() - t0
-    test = evaluate(model, data.test)
-    val = evaluate(model, data.val) if len(data.val) else None
+    test = evaluate(model, data.test, device=device)
+    val = evaluate(model, data.val, device=device) if len(data.val) else None
     if val:
         print_eval("val ", val)
     print_eval("test", test)
     if distributed.is_main():
         out = save_checkpoint(args.out, model, metrics={"test": test, "val": val, "train_seconds": seconds},
                               extra={"dataset": args.dataset, "normalize": args.normalize, "train": config.to_dict(),
-                                     "history": state.history, "world_size": distributed.world_size()})
+                                     "history": state.history, "world_size": distributed.world_size(),
+                                     "device": str(device)})
         print(f"saved {out} ({seconds:.1f}s of training)")
     return 0
 
@@ -113,21 +125,23 @@ def cmd_prune(args) -> int:
     from prunelab.core.metrics import summary
     from prunelab.training.loop import evaluate, train
 
-    if not 0 <= args.sparsity < 1:
-        raise ConfigError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    checks.input_file(args.checkpoint)
+    checks.output_file(args.out, inputs=[args.checkpoint])
     retrain = train_config(args, "retrain_")
+    device = command_device(args)
     cls = methods.get(args.method)
-    ckpt = load_checkpoint(args.checkpoint)
+    if cls.family != "oneshot":
+        raise ConfigError(f"method {args.method!r} trains while pruning ({cls.family}); use `prunelab bench` or its own command")
     hparams = dict(args.hparam or [])
+    cls(**hparams)   # refuses an unknown or bad hyperparameter before anything is loaded
+    ckpt = load_checkpoint(args.checkpoint)
     needs_data = args.retrain_epochs > 0 or args.method in ("feta", "nettrim", "lobs") or args.eval
     data = checkpoint_data(args, ckpt.meta) if needs_data else None
     calib = _calibration_split(args, data)
-    if cls.family != "oneshot":
-        raise ConfigError(f"method {args.method!r} trains while pruning ({cls.family}); use `prunelab bench` or its own command")
-    ckpt.model.to(distributed.device())
-    start_masks = None if ckpt.masks is None else ckpt.masks.to(distributed.device())
+    ckpt.model.to(device)
+    start_masks = None if ckpt.masks is None else ckpt.masks.to(device)
     t0 = time.perf_counter()
-    masks = prune(ckpt.model, args.method, args.sparsity, masks=start_masks, calib=calib, **hparams)
+    masks = prune(ckpt.model, args.method, args.sparsity, masks=start_masks, calib=calib, device=device, **hparams)
     if distributed.is_active():
         # Computed on every rank, but rank 0's result is the one kept (weights too: some methods
         # rewrite them), so a method that is not bit-deterministic across processes is still safe.
@@ -138,11 +152,11 @@ def cmd_prune(args) -> int:
     print(f"pruned with {args.method} to sparsity {masks.sparsity():.4f} in {prune_seconds:.2f}s")
     metrics = {"prune_seconds": prune_seconds}
     if data is not None:
-        metrics["pruned_test"] = evaluate(ckpt.model, data.test)
+        metrics["pruned_test"] = evaluate(ckpt.model, data.test, device=device)
         print_eval("after pruning  test", metrics["pruned_test"])
     if args.retrain_epochs > 0:
-        train(ckpt.model, data, retrain, masks=masks, progress=None if not args.quiet else False)
-        metrics["retrained_test"] = evaluate(ckpt.model, data.test)
+        train(ckpt.model, data, retrain, masks=masks, progress=None if not args.quiet else False, device=device)
+        metrics["retrained_test"] = evaluate(ckpt.model, data.test, device=device)
         print_eval("after retraining test", metrics["retrained_test"])
     s = summary(ckpt.model, masks)
     metrics.update({k: s[k] for k in ("sparsity", "compression_ratio", "theoretical_speedup") if k in s})
@@ -159,17 +173,15 @@ def cmd_eval(args) -> int:
     from prunelab.core.checkpoints import load_checkpoint
     from prunelab.training.loop import evaluate
 
+    checks.input_file(args.checkpoint)
+    device = command_device(args)
     ckpt = load_checkpoint(args.checkpoint)
-    data = checkpoint_data(args, ckpt.meta)
+    data = checkpoint_data(args, ckpt.meta)   # refuses a data set that does not fit the model
     try:
         split = getattr(data, args.split)
     except AttributeError:
         raise ConfigError(f"unknown split {args.split!r}") from None
-    if tuple(split.x.shape[1:]) != tuple(ckpt.meta["model"]["in_shape"]):
-        raise ConfigError(
-            f"the data's samples have shape {tuple(split.x.shape[1:])} but the model takes {tuple(ckpt.meta['model']['in_shape'])}"
-        )
-    print_eval(args.split, evaluate(ckpt.model, split))
+    print_eval(args.split, evaluate(ckpt.model.to(device), split, device=device))
     return 0
 
 
@@ -189,6 +201,7 @@ def cmd_info(args) -> int:
             return 0
         raise CheckpointError(f"{args.checkpoint}: no such checkpoint file, nor a method name "
                               f"(methods: {', '.join(methods.registry.list())})")
+    checks.input_file(args.checkpoint)
     from prunelab.core.checkpoints import load_checkpoint
     from prunelab.core.metrics import format_summary, summary
 
@@ -246,26 +259,27 @@ def cmd_demo(args) -> int:
     from prunelab.training.loop import evaluate, train
 
     dense_cfg, retrain_cfg = train_config(args), train_config(args, "retrain_")
+    device = command_device(args)
     torch.manual_seed(args.seed)
     data = load_data(args)
     print(f"data: {data.name} from {data.source} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test)")
-    model = models.create("lenet-300-100", data.in_shape, data.num_classes)
+    model = models.create("lenet-300-100", data.in_shape, data.num_classes).to(device)
     t0 = time.perf_counter()
-    train(model, data, dense_cfg, label="dense")
+    train(model, data, dense_cfg, label="dense", device=device)
     dense_time = time.perf_counter() - t0
-    dense = evaluate(model, data.test)["top1"]
+    dense = evaluate(model, data.test, device=device)["top1"]
     print(f"dense: test top-1 {dense:.2%} ({dense_time:.1f}s)")
     rows = []
     for sparsity in (0.5, 0.75, 0.9, 0.95, 0.98):
         pruned = copy.deepcopy(model)
         t0 = time.perf_counter()
-        masks = prune(pruned, "magnitude", sparsity)
+        masks = prune(pruned, "magnitude", sparsity, device=device)
         t_prune = time.perf_counter() - t0
-        before = evaluate(pruned, data.test)["top1"]
+        before = evaluate(pruned, data.test, device=device)["top1"]
         t0 = time.perf_counter()
-        train(pruned, data, retrain_cfg, masks=masks, label=f"retrain {sparsity:.0%}")
+        train(pruned, data, retrain_cfg, masks=masks, label=f"retrain {sparsity:.0%}", device=device)
         t_retrain = time.perf_counter() - t0
-        after = evaluate(pruned, data.test)["top1"]
+        after = evaluate(pruned, data.test, device=device)["top1"]
         s = summary(pruned, masks)
         rows.append((masks.sparsity(), before, after, s["compression_ratio"], t_prune, t_retrain))
     print(f"\n{'sparsity':>9} {'acc pruned':>11} {'acc retrained':>14} {'compression':>12} {'prune s':>8} {'retrain s':>10}")

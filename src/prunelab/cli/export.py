@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prunelab.cli import checks
 from prunelab.training import distributed
 from prunelab.errors import CheckpointError, ConfigError
 from prunelab.utils.io import atomic_write_json
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a prunelab checkpoint (or sparse export)")
     p.add_argument("--format", default="sparse", choices=tuple(SUFFIXES), help="output format (default sparse)")
     p.add_argument("-o", "--out", default=None, help="output file (default: CHECKPOINT's stem + .sparse.safetensors/.onnx/.dense.safetensors)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (onnx only)")
+    p.add_argument("--opset", type=checks.onnx_opset, default=17, help="ONNX opset (onnx only; 7 to 20 with torch's exporter)")
     p.add_argument("--no-check", action="store_true", help="onnx: skip the comparison with onnxruntime")
     p.add_argument("--sparse-initializers", action="store_true",
                    help="onnx: store mostly-zero weights as ONNX sparse initializers (smaller; onnxruntime reads them)")
@@ -41,9 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("latency", help="time the dense model against its sparse-kernel copy")
     q.add_argument("checkpoint", help="a prunelab checkpoint (or sparse export)")
     q.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes (default 1,64)")
-    q.add_argument("--threads", type=int, default=None, help="torch and kernel threads (default: torch's current setting)")
-    q.add_argument("--warmup", type=int, default=20, help="untimed calls per candidate (default 20)")
-    q.add_argument("--reps", type=int, default=200, help="timed calls per candidate, interleaved (default 200)")
+    q.add_argument("--threads", type=checks.count(1), default=None, help="torch and kernel threads (default: torch's current setting)")
+    q.add_argument("--warmup", type=checks.count(0), default=20, help="untimed calls per candidate (default 20)")
+    q.add_argument("--reps", type=checks.count(1), default=200, help="timed calls per candidate, interleaved (default 200)")
     q.add_argument("--onnx", action="store_true", help="also time onnxruntime on the dense ONNX export")
     q.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     q.set_defaults(func=cmd_latency)
@@ -86,10 +87,9 @@ def cmd_export(args) -> int:
     from prunelab.core.checkpoints import save_checkpoint
     from prunelab.export import export_onnx, make_permanent, save_sparse
 
+    checks.input_file(args.checkpoint)
+    out = checks.output_file(args.out or _default_out(args.checkpoint, args.format), inputs=[args.checkpoint])
     ckpt = load_any(args.checkpoint)
-    out = Path(args.out) if args.out else _default_out(args.checkpoint, args.format)
-    if out.resolve() == Path(args.checkpoint).resolve():
-        raise ConfigError(f"{out}: refusing to overwrite the input checkpoint; pass another -o")
     model = make_permanent(ckpt.model, ckpt.masks)
     meta = {"source": str(args.checkpoint), "metrics": ckpt.meta.get("metrics", {}), "extra": ckpt.meta.get("extra", {})}
     cfg = getattr(model, "prunelab_config", None) or {}
@@ -143,8 +143,9 @@ def cmd_latency(args) -> int:
     from prunelab.core.metrics import summary
 
     sizes = _batch_sizes(args.batch_sizes)
-    if args.warmup < 0 or args.reps < 1:
-        raise ConfigError("--warmup must be >= 0 and --reps >= 1")
+    checks.input_file(args.checkpoint)
+    if args.json:
+        checks.output_file(args.json, "--json", inputs=[args.checkpoint])
     ckpt = load_any(args.checkpoint)
     model = make_permanent(ckpt.model, ckpt.masks).eval()
     cfg = getattr(model, "prunelab_config", None) or {}

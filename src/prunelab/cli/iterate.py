@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
+from prunelab.cli import checks
 from prunelab.cli.common import add_data_args, load_data
-from prunelab.cli.options import add_assignment_option, add_dataclass_options, add_train_options, train_config
+from prunelab.cli.options import (
+    add_assignment_option, add_dataclass_options, add_device_option, add_train_options, command_device, train_config,
+)
 from prunelab.errors import ConfigError
 from prunelab.training import distributed
 from prunelab.utils.io import atomic_write_json
@@ -51,8 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--scope", default="layer", choices=("global", "layer", "neuron"),
                    help="per-layer detail: one value per layer, or per-neuron statistics "
                         "(the global value is always printed)")
-    p.add_argument("--p", type=float, default=0.5, help="smaller exponent, 0 < p < q (default 0.5)")
-    p.add_argument("--q", type=float, default=1.0, help="larger exponent (default 1.0)")
+    p.add_argument("--p", type=checks.finite, default=0.5, help="smaller exponent, 0 < p < q (default 0.5)")
+    p.add_argument("--q", type=checks.finite, default=1.0, help="larger exponent (default 1.0)")
     p.add_argument("--nonzero", action="store_true",
                    help="count only non-zero weights as remaining (for checkpoints saved without masks)")
     p.add_argument("--grid", action="store_true", help="also print the global PQ Index on the p 0.1..1.0 x q 1.0..2.0 grid")
@@ -67,16 +69,17 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="mlp", help="model name (see `prunelab info`)")
     add_assignment_option(p, "--model-arg", "model keyword argument (JSON value)")
     add_data_args(p)
-    p.add_argument("--limit", type=int, default=None, help="use at most this many training samples")
-    p.add_argument("--target", type=float, default=0.0, help="stop at this sparsity (0: run every round)")
+    p.add_argument("--limit", type=checks.count(1), default=None, help="use at most this many training samples")
+    p.add_argument("--target", type=checks.sparsity, default=0.0, help="stop at this sparsity (0: run every round)")
     _add_schedule_options(p)
     add_train_options(p, title="training of every round (the paper: 200 epochs)", epochs=5, batch_size=250,
                       optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                       schedule="cosine", clip_grad_norm=1.0)
-    p.add_argument("--seed", type=int, default=0, help="seeds the validation split, the initialisation and the batch order")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--seed", type=checks.seed, default=0, help="seeds the validation split, the initialisation and the batch order")
+    p.add_argument("--threads", type=checks.count(1), default=None, help="torch threads")
     p.add_argument("--out", "-o", required=True, help="directory for round_XXX.safetensors and rounds.json")
     p.add_argument("--quiet", action="store_true", help="no per-round lines")
+    add_device_option(p)
     p.set_defaults(func=cmd_iterate)
 
 
@@ -97,6 +100,7 @@ def cmd_pqi(args) -> int:
     )
 
     p, q = check_pq(args.p, args.q)
+    checks.input_file(args.checkpoint)
     ckpt = load_checkpoint(args.checkpoint)
     model, masks = ckpt.model, ckpt.masks
     if masks is None:
@@ -154,21 +158,23 @@ def cmd_iterate(args) -> int:
     import torch
 
     from prunelab import models
-    from prunelab.methods.iterative import iterate
+    from prunelab.methods.iterative import SCHEDULES, iterate
 
+    out = checks.output_dir(args.out)
+    fields = _schedule_fields(args)
+    try:
+        SCHEDULES[args.pruning_schedule].hparams(**fields)
+    except ConfigError as exc:
+        raise checks.dataclass_error(SCHEDULES[args.pruning_schedule].hparams, fields, "", exc,
+                                     {f: f"--sap-{f}".replace("_", "-") for f in ("eta_r", "gamma", "beta")}) from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be a positive number of samples, got {args.limit}")
     # Nesterov is on by default here but applies to SGD with momentum only: elsewhere it is off, not an error.
     config = train_config(args, nesterov=args.nesterov and args.optimizer == "sgd" and args.momentum > 0)
+    device = command_device(args)
     ds = load_data(args, limit=args.limit)
     torch.manual_seed(args.seed)
-    model = models.create(args.model, ds.in_shape, ds.num_classes, **dict(args.model_arg or []))
-    fields = _schedule_fields(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
+    model = models.create(args.model, ds.in_shape, ds.num_classes, **dict(args.model_arg or [])).to(device)
     if distributed.is_main():   # under torchrun, rank 0 alone writes (iterate() saves there too)
         out.mkdir(parents=True, exist_ok=True)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))

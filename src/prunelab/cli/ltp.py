@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import time
 
+from prunelab.cli import checks
 from prunelab.cli.common import add_data_args, checkpoint_data, print_eval
-from prunelab.cli.options import add_dataclass_options, add_train_options, train_config
+from prunelab.cli.options import (
+    add_dataclass_options, add_device_option, add_train_options, command_device, train_config,
+)
 from prunelab.errors import ConfigError, MethodError
 from prunelab.training import distributed
 from prunelab.utils.io import plain_json
@@ -41,22 +44,23 @@ def register(subparsers) -> None:
     add_data_args(p, dataset_default=None)
     _add_threshold_options(p)
     add_train_options(p, title="training of the network and its thresholds", epochs=8, optimizer="sgd", lr=0.03)
-    p.add_argument("--target-compression", type=float, default=None,
+    p.add_argument("--target-compression", type=checks.number(1, what="a compression ratio"), default=None,
                    help="pick the trail entry of smallest compression >= this (e.g. 40), and stop training there")
     p.add_argument("--no-stop", action="store_true",
                    help="with --target-compression, train the thresholds for all epochs anyway (a longer trail)")
     p.add_argument("--exact", action="store_true",
                    help="with --target-compression, bring the picked network to exactly that compression, as the "
                         "benchmark harness does (prune the rest by magnitude, or lower all thresholds by one factor)")
-    p.add_argument("--min-accuracy", type=float, default=None,
+    p.add_argument("--min-accuracy", type=checks.number(0, 1, what="a fraction"), default=None,
                    help="pick the most compressed entry with validation top-1 >= this fraction (e.g. 0.89)")
     add_train_options(p, prefix="finetune-", title="fine-tuning of the picked network, mask fixed (none with --finetune-epochs 0)",
                       epochs=0, optimizer="adam", lr=3e-3)
     p.add_argument("--trail-dir", default=None, help="also save every trail network there as a checkpoint")
-    p.add_argument("--seed", type=int, default=0, help="seeds the validation split and the training runs")
+    p.add_argument("--seed", type=checks.seed, default=0, help="seeds the validation split and the training runs")
     p.add_argument("--json", action="store_true", help="print the trail and the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--out", "-o", required=True, help="the picked (and fine-tuned) network, a checkpoint")
+    add_device_option(p)
     p.set_defaults(func=cmd_ltp)
 
 
@@ -65,23 +69,21 @@ def cmd_ltp(args) -> int:
     import torch
 
     from prunelab.core.checkpoints import load_checkpoint, save_checkpoint
-    from prunelab.methods.ltp import learn_thresholds, restore_at_target
+    from prunelab.methods.ltp import LTPHparams, learn_thresholds, restore_at_target
     from prunelab.core.metrics import summary
     from prunelab.training.loop import evaluate, train
 
     if distributed.is_active():
         raise ConfigError("prunelab ltp runs in one process; under torchrun use `prunelab bench` with an ltp suite")
-    if args.target_compression is not None and not args.target_compression >= 1:
-        raise ConfigError(f"--target-compression must be >= 1 (e.g. 40 for 40x), got {args.target_compression}")
-    if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
-        raise ConfigError(f"--min-accuracy is a fraction in [0, 1] (e.g. 0.89), got {args.min_accuracy}")
     if args.exact and args.target_compression is None:
         raise ConfigError("--exact needs --target-compression")
-    if args.check_every < 1:
-        raise ConfigError(f"--check-every must be >= 1, got {args.check_every}")
-    if args.finetune_epochs < 0:
-        raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    checks.input_file(args.checkpoint)
+    checks.output_file(args.out, inputs=[args.checkpoint])
+    if args.trail_dir is not None:
+        checks.output_dir(args.trail_dir, "--trail-dir")
+    checks.dataclass_options(LTPHparams, args, THRESHOLD_FIELDS)
     config, finetune = train_config(args), train_config(args, "finetune_")
+    device = command_device(args)
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt.masks is not None and ckpt.masks.kept() < ckpt.masks.total():
         raise ConfigError(f"{args.checkpoint} is already pruned ({ckpt.masks.sparsity():.2%} sparse); "
@@ -90,7 +92,7 @@ def cmd_ltp(args) -> int:
     if len(data.val) == 0:
         raise ConfigError("LTP picks from its trail on the validation split, which is empty; pass --val-size")
     torch.manual_seed(args.seed)
-    model = ckpt.model
+    model = ckpt.model.to(device)
     log = (lambda line: None) if args.quiet or args.json else print
     stop = args.target_compression if args.target_compression is not None and not args.no_stop else None
     t0 = time.perf_counter()
@@ -125,9 +127,9 @@ def cmd_ltp(args) -> int:
     if args.finetune_epochs > 0:
         t1 = time.perf_counter()
         train(model, data, finetune, masks=masks, select_best=True,
-              progress=None if not (args.quiet or args.json) else False, label="ltp fine-tune")
+              progress=None if not (args.quiet or args.json) else False, label="ltp fine-tune", device=device)
         metrics["finetune_seconds"] = time.perf_counter() - t1
-    metrics["test"] = evaluate(model, data.test)
+    metrics["test"] = evaluate(model, data.test, device=device)
     s = summary(model, masks)
     metrics.update({k: s[k] for k in ("sparsity", "compression_ratio", "theoretical_speedup") if k in s})
     extra = dict(ckpt.meta.get("extra", {}))

@@ -20,6 +20,7 @@ import sys
 
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.training import distributed
+from prunelab.utils.memory import is_out_of_memory
 
 # Command groups beyond the core ones, as modules of this package; one that is missing or fails
 # to import is an error, never a silently absent command.
@@ -30,7 +31,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (status 2) instead of usage + message."""
 
     def error(self, message):
-        raise ConfigError(f"{self.prog}: {message} (see --help)")
+        # "prunelab: error: " is printed in front, so only the subcommand is named here.
+        command = self.prog.partition(" ")[2]
+        raise ConfigError(f"{command + ': ' if command else ''}{message} (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +73,9 @@ def main(argv=None) -> int:
         argv: the arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 for bad input (one line ``prunelab: error: ...`` on
-        stderr), 1 when another rank failed first, 130 when interrupted.
+        The exit status: 0 on success, 2 for bad input or what does not fit (memory, disk: one
+        line ``prunelab: error: ...`` on stderr), 1 when another rank failed first, 130 when
+        interrupted.
     """
     try:
         # A no-op unless launched by torchrun with WORLD_SIZE > 1.
@@ -89,9 +93,17 @@ def main(argv=None) -> int:
         distributed.shutdown()
         return status
     except PrunelabError as exc:
-        return _failed(exc, f"prunelab: error: {exc}", 2)
+        # One line, whatever the message: the promise scripts and users rely on.
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        return _failed(exc, f"prunelab: error: {message}", 2)
     except KeyboardInterrupt as exc:
         return _failed(exc, "prunelab: interrupted", 130)
+    except (MemoryError, RuntimeError) as exc:   # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(exc):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _failed(exc, f"prunelab: error: does not fit in memory: {reason}; use a smaller model, "
+                            "--batch-size or --limit, or a machine with more memory", 2)
     except BrokenPipeError:
         return 1
 

@@ -16,6 +16,7 @@ import types
 import typing
 from typing import Any, Callable, Iterable, Mapping
 
+from prunelab.cli import checks
 from prunelab.errors import ConfigError
 from prunelab.utils.docstrings import class_attribute_docs, field_defaults
 from prunelab.utils.parsing import parse_assignment
@@ -54,11 +55,16 @@ def _field_kwargs(annotation: Any, default: Any) -> dict:
     if typing.get_origin(annotation) in (tuple, list) or annotation in (tuple, list):
         items = typing.get_args(annotation)
         fixed = typing.get_origin(annotation) is tuple and items and items[-1] is not Ellipsis
-        element = items[0] if items else str
+        element = _checked(items[0] if items else str)
         return {"type": element, "nargs": len(items) if fixed else "+"}
     if annotation not in (int, float, str):
         raise TypeError(f"no command-line type for a field annotated {annotation!r}")
-    return {"type": _none_or(annotation) if optional else annotation}
+    return {"type": _none_or(_checked(annotation)) if optional else _checked(annotation)}
+
+
+def _checked(annotation: Any) -> Any:
+    """The argparse type of a field's annotation: a float must be finite (``float`` reads ``nan``)."""
+    return checks.finite if annotation is float else annotation
 
 
 def _appends_default() -> bool:
@@ -153,8 +159,10 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", *
         if isinstance(value, list) and typing.get_origin(hints.get(field.name)) is tuple:
             value = tuple(value)
         values[field.name] = value
-    values.update(fixed)
-    return cls(**values)
+    try:
+        return cls(**{**values, **fixed})
+    except ConfigError as exc:   # say which option, not which field, was wrong
+        raise checks.dataclass_error(cls, values, prefix, exc) from None
 
 
 # -- training options ----------------------------------------------------------------------------
@@ -212,3 +220,115 @@ def assignment(option: str) -> Callable[[str], tuple[str, Any]]:
 def add_assignment_option(parser: argparse.ArgumentParser, option: str, help_text: str) -> None:
     """A repeatable ``NAME=VALUE`` option (``--hparam``, ``--model-arg``); its value is a list of pairs."""
     parser.add_argument(option, type=assignment(option), action="append", metavar="NAME=VALUE", help=help_text)
+
+
+# -- the device a command computes on ------------------------------------------------------------
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _device_name(text: str) -> str:
+    """An argparse type: ``text`` lower-cased when it names a device kind, else a one-line error."""
+    name = text.strip().lower()
+    if not _DEVICE_PATTERN.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose {DEVICE_CHOICES}")
+    return name
+
+
+_device_name.__name__ = "device"
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str = "auto", note: str = "") -> None:
+    """``--device``: where the command computes (resolve it with :func:`command_device`).
+
+    Args:
+        parser: the command's parser.
+        default: the command's default (``"auto"``: CUDA when available, else the CPU).
+        note: a sentence added to the help text.
+    """
+    parser.add_argument("--device", default=default, type=_device_name, metavar="DEVICE",
+                        help=f"where to compute: {DEVICE_CHOICES}; auto takes CUDA when available, else the CPU"
+                             f"{'; ' + note if note else ''} (default: %(default)s)")
+
+
+def _no_cuda_reason() -> str:
+    import torch
+
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    return "no GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)"
+
+
+def resolve_device(name: str = "auto"):
+    """The :class:`torch.device` a ``--device`` value names, checked to be usable here.
+
+    Args:
+        name: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+            or ``"mps"``.
+
+    Returns:
+        The device; ``"auto"`` and ``"cuda"`` give the current CUDA device with its index
+        (e.g. ``cuda:0``).
+
+    Raises:
+        ConfigError: an unknown name, or a device this machine does not have (saying why and
+            what to pass instead).
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    import torch
+
+    text = str(name).strip().lower()
+    if not _DEVICE_PATTERN.fullmatch(text):
+        raise ConfigError(f"unknown device {name!r}; choose {DEVICE_CHOICES}")
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError("--device mps: Apple's MPS backend is not available on this machine; "
+                              "use --device cpu (or auto)")
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {text}: CUDA is not available ({_no_cuda_reason()}); "
+                          "use --device cpu, or auto to take a GPU only when there is one")
+    count = torch.cuda.device_count()
+    index = torch.cuda.current_device() if text == "cuda" else int(text.split(":")[1])
+    if index >= count:
+        raise ConfigError(f"--device {text}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
+def command_device(args: argparse.Namespace):
+    """The device a command computes on: its ``--device`` resolved by :func:`resolve_device`.
+
+    Under ``torchrun`` every rank keeps the device of the distributed setup (``cuda:LOCAL_RANK``
+    under NCCL, the CPU under gloo): ``auto`` and a matching ``--device`` give it, any other
+    device is an error, since ranks on different kinds of device cannot share a process group.
+
+    Args:
+        args: the parsed arguments (``args.device``; ``"auto"`` when the command has none).
+
+    Returns:
+        A :class:`torch.device`.
+
+    Raises:
+        ConfigError: an unknown or unavailable device, or one that contradicts the distributed setup.
+    """
+    from prunelab.training import distributed
+
+    name = str(getattr(args, "device", "auto") or "auto").strip().lower()
+    if not distributed.is_active():
+        return resolve_device(name)
+    own = distributed.device()
+    if name in ("auto", own.type, str(own)):
+        return own
+    setup = ("NCCL: every rank computes on cuda:LOCAL_RANK" if own.type == "cuda" else
+             "gloo: every rank computes on the CPU; GPUs need NCCL, PRUNELAB_DIST_BACKEND=nccl")
+    raise ConfigError(f"--device {name} does not fit the distributed setup ({setup}; here {own}); "
+                      "drop --device under torchrun")

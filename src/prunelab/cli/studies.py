@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from prunelab.cli import checks
 from prunelab.cli.common import add_data_args, load_data, nested_subparsers
 from prunelab.cli.options import add_assignment_option
 from prunelab.errors import ConfigError
@@ -48,16 +49,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name (see `prunelab info`)")
     add_assignment_option(p, "--model-arg", "model option (JSON value), e.g. widths=[8,16,32]")
     p.add_argument("--budget", default="quick", help="preset of seeds/epochs/samples/sparsities: smoke, quick, standard (default quick)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds, one trained model each (overrides the budget)")
-    p.add_argument("--epochs", type=int, default=None, help="dense training epochs (Adam)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--train-limit", type=int, default=None, help="cap on training samples")
-    p.add_argument("--eval-samples", type=int, default=None, help="test samples evaluated (the first ones)")
+    p.add_argument("--seeds", type=checks.seed, nargs="+", default=None, help="seeds, one trained model each (overrides the budget)")
+    p.add_argument("--epochs", type=checks.count(1), default=None, help="dense training epochs (Adam), >= 1")
+    p.add_argument("--lr", type=checks.number(0, low_open=True), default=None, help="Adam learning rate")
+    p.add_argument("--batch-size", type=checks.count(1), default=None)
+    p.add_argument("--train-limit", type=checks.count(1), default=None, help="cap on training samples")
+    p.add_argument("--eval-samples", type=checks.count(1), default=None, help="test samples evaluated (the first ones)")
     p.add_argument("--sparsities", type=_sparsities, default=None, help="comma-separated per-layer sparsities, e.g. 0,0.5,0.8,0.9,0.95")
     p.add_argument("--method", default="magnitude", choices=("magnitude", "histogram"),
                    help="magnitude: exact per-layer fraction; histogram: the paper's 100-bin threshold")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=checks.count(1), default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", "-o", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT}); files go to OUT/studies/")
     p.add_argument("--no-figure", action="store_true", help="write the JSON only")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -77,9 +78,10 @@ def _budget(args):
 def _setup(args):
     import torch
 
+    checks.output_dir(args.out)
+    for path in getattr(args, "checkpoint", None) or ():
+        checks.input_file(path)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     return None if args.quiet else (lambda line: print(line, flush=True))
 
@@ -114,9 +116,7 @@ def cmd_depth(args) -> int:
     data = load_data(args)
     if trained is not None:
         for path, model in zip(args.checkpoint, trained):
-            shape = tuple(getattr(model, "prunelab_config", {}).get("in_shape", data.in_shape))
-            if shape != tuple(data.in_shape):
-                raise ConfigError(f"{path} takes inputs of shape {shape} but {data.name} has {tuple(data.in_shape)}; pass the right --dataset")
+            checks.check_fits({"model": getattr(model, "prunelab_config", None)}, data, path)
     results = run_depth_study(data, model_name, model_kwargs, budget=budget, method=args.method, trained=trained, log=log)
     return _finish(results, args)
 
@@ -165,6 +165,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", nargs="+", default=["10", "20", "50", "100", "full"],
                    help="numbers of principal components ('full' = the original data); default 10 20 50 100 full")
     p.add_argument("--layer", default="1", help="layer pruned: index from 1 or name (default 1, the first)")
-    p.add_argument("--id-k", type=int, nargs=2, default=(10, 20), metavar=("K1", "K2"),
+    p.add_argument("--id-k", type=checks.count(1), nargs=2, default=(10, 20), metavar=("K1", "K2"),
                    help="neighbourhood sizes of the Levina-Bickel estimator (default 10 20)")
     p.set_defaults(func=cmd_latent)

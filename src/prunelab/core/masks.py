@@ -1,10 +1,12 @@
 """Masks: which weights of a model are kept.
 
-A :class:`Masks` maps parameter names (as in ``model.named_parameters()``) to bool tensors of the
-parameter's shape; ``True`` means *kept*. Masks live apart from the model (as in OpenLTH, SAP and
+A :class:`Masks` maps parameter names (canonical names, see :mod:`prunelab.core.prunable`: as
+``named_parameters()`` lists them on the unwrapped model; wrapper prefixes and tied aliases also
+resolve) to bool tensors of the parameter's shape; ``True`` means *kept*. Masks live apart from the model (as in OpenLTH, SAP and
 Distiller): no hooks, no reparametrisation, so a masked model deep-copies, pickles and loads its
 ``state_dict`` like any other model. The training loop keeps sparsity fixed by re-applying the
-masks after every optimizer step and zeroing optimizer state at pruned entries.
+masks after every optimizer step and zeroing optimizer state at pruned entries; in a user's own
+loop :meth:`Masks.attach` does the same with one call.
 """
 
 from __future__ import annotations
@@ -17,54 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunelab.core.prunable import (  # noqa: F401  (re-exported: the mask model's vocabulary)
+    PRUNABLE_TYPES, Coverage, PrunableRule, coverage, prunable_parameters, resolve_parameters,
+)
 from prunelab.errors import CheckpointError, MaskError
 from prunelab.utils import atomic_path
-
-PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def prunable_parameters(
-    model: nn.Module,
-    exclude: tuple[str, ...] | list[str] = (),
-    exclude_first: bool = False,
-    exclude_last: bool = False,
-) -> dict[str, nn.Parameter]:
-    """The weights prunelab prunes by default, in module order.
-
-    Every ``weight`` of ``nn.Linear`` and ``nn.Conv{1,2,3}d`` with more than one dimension, the
-    classifier included (as in the PQ Index paper). Biases and normalisation parameters are never
-    included.
-
-    Args:
-        model: the network.
-        exclude: parameter names (``"fc1.weight"``) or module names (``"fc1"``) to leave dense.
-        exclude_first: leave the first prunable layer dense.
-        exclude_last: leave the last prunable layer (usually the classifier) dense.
-
-    Returns:
-        An ordered dict ``name -> parameter``.
-    """
-    found: dict[str, nn.Parameter] = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES) and module.weight is not None and module.weight.dim() > 1:
-            name = f"{module_name}.weight" if module_name else "weight"
-            found[name] = module.weight
-    names = list(found)
-    known_modules = {n.rsplit(".", 1)[0] if "." in n else "" for n in names}
-    unknown = [e for e in exclude if e not in found and e not in known_modules]
-    if unknown:
-        raise MaskError(
-            f"cannot exclude {', '.join(unknown)}: not a prunable layer; prunable: {', '.join(names)}"
-        )
-    drop = set()
-    for e in exclude:
-        drop.add(e if e in found else f"{e}.weight" if e else "weight")
-    if exclude_first and names:
-        drop.add(names[0])
-    if exclude_last and names:
-        drop.add(names[-1])
-    return {n: p for n, p in found.items() if n not in drop}
-
 
 class Masks(Mapping):
     """Parameter name -> bool tensor (``True`` = kept).
@@ -86,15 +45,16 @@ class Masks(Mapping):
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def ones(cls, model: nn.Module, **prunable_kwargs) -> "Masks":
-        """Masks that keep every prunable weight of ``model``."""
-        params = prunable_parameters(model, **prunable_kwargs)
+    def ones(cls, model: nn.Module, rule: PrunableRule | None = None, **prunable_kwargs) -> "Masks":
+        """Masks that keep every prunable weight of ``model`` (see
+        :func:`prunelab.core.prunable.prunable_parameters` for ``rule`` and the options)."""
+        params = prunable_parameters(model, rule, **prunable_kwargs)
         return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
 
     @classmethod
-    def from_nonzero(cls, model: nn.Module, **prunable_kwargs) -> "Masks":
+    def from_nonzero(cls, model: nn.Module, rule: PrunableRule | None = None, **prunable_kwargs) -> "Masks":
         """Masks that keep exactly the non-zero prunable weights of ``model``."""
-        params = prunable_parameters(model, **prunable_kwargs)
+        params = prunable_parameters(model, rule, **prunable_kwargs)
         return cls({n: p.detach() != 0 for n, p in params.items()})
 
     # -- mapping protocol ---------------------------------------------------------------------
@@ -119,37 +79,28 @@ class Masks(Mapping):
 
     # -- checks -------------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> None:
-        """Raise :class:`MaskError` unless every mask names a parameter of ``model`` of its shape."""
-        params = dict(model.named_parameters())
-        for name, mask in self._masks.items():
-            if name not in params:
+        """Raise :class:`MaskError` unless every mask names a parameter of ``model`` (canonical,
+        tied alias or wrapper-prefixed name) of its shape."""
+        for name, param in resolve_parameters(model, self._masks).items():
+            if tuple(param.shape) != tuple(self._masks[name].shape):
                 raise MaskError(
-                    f"mask {name!r} names no parameter of the model "
-                    f"({type(model).__name__}); were the masks made for another model?"
-                )
-            if tuple(params[name].shape) != tuple(mask.shape):
-                raise MaskError(
-                    f"mask {name!r} has shape {tuple(mask.shape)} but the parameter has "
-                    f"{tuple(params[name].shape)}"
+                    f"mask {name!r} has shape {tuple(self._masks[name].shape)} but the parameter has "
+                    f"{tuple(param.shape)}"
                 )
 
     def _params(self, model: nn.Module) -> list[torch.Tensor]:
-        params = dict(model.named_parameters())
-        try:
-            return [params[n] for n in self._masks]
-        except KeyError:
-            self.validate(model)
-            raise
+        # Resolved on every call: a model's parameters may be replaced between calls.
+        return list(resolve_parameters(model, self._masks).values())
 
     def _float_masks(self, like: list[torch.Tensor]) -> list[torch.Tensor]:
         """The masks as tensors of the parameters' dtype and device, cached (a multiply is the
         cheapest way to zero entries, and converting every step would cost as much as it)."""
         key = tuple((t.dtype, t.device) for t in like)
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = [m.to(device=t.device, dtype=t.dtype) for m, t in zip(self._masks.values(), like)]
-            self._cache = {key: cached}
-        return cached
+        cached = self._cache.get("float")
+        if cached is None or cached[0] != key:
+            cached = (key, [m.to(device=t.device, dtype=t.dtype) for m, t in zip(self._masks.values(), like)])
+            self._cache["float"] = cached
+        return cached[1]
 
     # -- applying -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -157,7 +108,11 @@ class Masks(Mapping):
         """Zero the pruned entries of ``model``'s parameters in place; returns ``model``."""
         params = self._params(model)
         if params:
-            torch._foreach_mul_(params, self._float_masks(params))
+            try:
+                torch._foreach_mul_(params, self._float_masks(params))
+            except RuntimeError:
+                self.validate(model)   # masks of another model: a MaskError naming the layer
+                raise
         return model
 
     @torch.no_grad()
@@ -219,15 +174,70 @@ class Masks(Mapping):
             out[name] = {"kept": kept, "total": total, "sparsity": 1 - kept / total if total else 0.0}
         return out
 
-    def report(self) -> str:
-        """A plain-text table of kept/total weights and sparsity per layer and in total."""
+    def coverage(self, model: nn.Module) -> Coverage:
+        """What fraction of ``model``'s weight-matrix entries these masks cover, and which weight
+        matrices they leave dense (:class:`prunelab.core.prunable.Coverage`)."""
+        return coverage(model, self._masks)
+
+    def report(self, model: nn.Module | None = None) -> str:
+        """A plain-text table of kept/total weights and sparsity per layer and in total; with
+        ``model``, a last line says what fraction of all its weight-matrix entries the masks cover
+        and lists every weight matrix left dense."""
         rows = [(n, d["kept"], d["total"], d["sparsity"]) for n, d in self.per_layer().items()]
         rows.append(("total (prunable weights)", self.kept(), self.total(), self.sparsity()))
         width = max(len(r[0]) for r in rows)
         lines = [f"{'parameter':<{width}}  {'kept':>10}  {'total':>10}  {'sparsity':>8}"]
         for name, kept, total, sp in rows:
             lines.append(f"{name:<{width}}  {kept:>10}  {total:>10}  {sp:>8.2%}")
+        if model is not None:
+            lines.append(f"coverage: {self.coverage(model).line()}")
         return "\n".join(lines)
+
+    def canonical(self, model: nn.Module) -> "Masks":
+        """The same masks keyed by ``model``'s canonical parameter names (wrapper prefixes such as
+        ``_orig_mod.`` or ``module.`` and tied aliases resolved); for masks read from a wrapped
+        model's names."""
+        from prunelab.core.prunable import canonical_name, parameter_aliases
+
+        aliases = parameter_aliases(model)
+        self.validate(model)
+        return Masks({canonical_name(n, aliases): m for n, m in self._masks.items()})
+
+    def attach(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> "MaskHandle":
+        """Keep these masks exact through every ``optimizer.step()`` of a user's own loop.
+
+        Applies the masks now, then registers two optimizer hooks: before each step the
+        gradients at pruned entries are zeroed (so weight decay and momentum never grow there);
+        after it the masks are re-applied and every per-parameter optimizer state tensor
+        (momentum, Adam moments) is zeroed at pruned entries. Works for any optimizer and any LR
+        scheduler; the hooks hold the masks and the model, nothing of the masks holds them.
+
+        Args:
+            optimizer: the optimizer that updates ``model``'s parameters.
+            model: the model (or its ``torch.compile``/DDP wrapper).
+
+        Returns:
+            A :class:`MaskHandle`; ``handle.remove()`` detaches the hooks.
+
+        Example:
+            >>> masks = prunelab.prune(model, "magnitude", sparsity=0.9)
+            >>> handle = masks.attach(optimizer, model)
+            >>> for x, y in loader:          # the user's loop, unchanged
+            ...     loss = F.cross_entropy(model(x), y); loss.backward()
+            ...     optimizer.step(); optimizer.zero_grad(); scheduler.step()
+        """
+        self.validate(model)
+        self.apply(model)
+        self.mask_optimizer_state(optimizer, model)
+
+        def before(_optimizer, _args, _kwargs):
+            self.mask_grads(model)
+
+        def after(_optimizer, _args, _kwargs):
+            self.apply(model)
+            self.mask_optimizer_state(optimizer, model)
+
+        return MaskHandle([optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)])
 
     @torch.no_grad()
     def update_(self, other: Mapping[str, torch.Tensor]) -> "Masks":
@@ -304,9 +314,11 @@ class Masks(Mapping):
         ``weight_mask`` and the forward pre-hook), for code that expects that API."""
         from torch.nn.utils import prune as nn_prune
 
-        self.validate(model)
-        modules = dict(model.named_modules())
-        for name, mask in self._masks.items():
+        from prunelab.core.prunable import unwrap
+
+        masks = self.canonical(model)
+        modules = dict(unwrap(model).named_modules())
+        for name, mask in masks.items():
             module_name, _, attr = name.rpartition(".")
             nn_prune.custom_from_mask(modules[module_name], attr, mask.to(torch.float32))
         return model
@@ -336,3 +348,22 @@ class Masks(Mapping):
         if not masks:
             raise MaskError("the model has no torch.nn.utils.prune masks (no '*_mask' buffers)")
         return cls(masks)
+
+
+class MaskHandle:
+    """The hooks :meth:`Masks.attach` registered; :meth:`remove` detaches them."""
+
+    def __init__(self, handles: list):
+        self._handles = handles
+
+    def remove(self) -> None:
+        """Detach the hooks (the masks stop being enforced; the weights keep their zeros)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> "MaskHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import functools
 import importlib
+import io
 import pickle
 from pathlib import Path
 
@@ -67,15 +68,17 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_py_batch(path: Path, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    # Unpickled from memory: reading from the file, the unpickler asks it for as many bytes as a
+    # length field says (a damaged one may say gigabytes), and the file allocates them.
+    data = read_bytes(path, fix)
     try:
-        with open(path, "rb") as handle:
-            # The original batches are Python 2 pickles; "bytes" keeps their str keys as bytes.
-            batch = _CifarUnpickler(handle, encoding="bytes").load()
+        # The original batches are Python 2 pickles; "bytes" keeps their str keys as bytes.
+        batch = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as err:
-        raise DataError(f"refusing to load {path}: {err}; {fix}") from err
+        raise DataError(f"refusing to load {path}: {_one_line(err)}; {fix}") from err
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, OSError,
-            MemoryError) as err:
-        raise DataError(f"{path} is truncated or not a CIFAR-10 python batch ({err}); {fix}") from err
+            MemoryError, OverflowError) as err:
+        raise DataError(f"{path} is truncated or not a CIFAR-10 python batch ({_one_line(err)}); {fix}") from err
     if not isinstance(batch, dict):
         raise DataError(f"{path} is not a CIFAR-10 python batch (no dict inside); {fix}")
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -93,6 +96,11 @@ def _read_cifar_py_batch(path: Path, fix: str) -> tuple[np.ndarray, np.ndarray]:
         )
     _check_labels(labels, path, fix)
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _one_line(err: BaseException) -> str:
+    # Some unpickler messages span lines; the CLI prints an error on one.
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _read_cifar_bin_batch(path: Path, fix: str) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from prunelab.data.splits import NORMALIZATIONS, normalize_inplace, to_float, val_count
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, DataError
 from prunelab.utils import Registry
+from prunelab.utils.memory import check_fits
 
 _ALIASES = {
     "fmnist": "fashion-mnist",
@@ -224,6 +225,12 @@ def load(
     # Sorting makes the gather read memory in order; the training loop shuffles anyway.
     train_idx = np.sort(train_idx)
 
+    # float32 copies of the three splits, checked first: Linux grants a too-large allocation and
+    # kills the process when it is written.
+    per_sample = int(np.prod(raw.train_x.shape[1:]))
+    check_fits(4 * (per_sample * (len(train_idx) + len(val_idx)) + int(np.prod(raw.test_x.shape))),
+               f"data set {key!r} (as float32)", DataError,
+               "use fewer training samples (limit=, --limit) or a machine with more memory")
     train_x = to_float(raw.train_x[train_idx])
     val_x = to_float(raw.train_x[val_idx])
     test_x = to_float(raw.test_x)

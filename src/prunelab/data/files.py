@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prunelab.data.datasets import canonical_name
 from prunelab.errors import DataError
+from prunelab.utils import memory
 
 #: System folders searched last. Tests monkeypatch this (here, where :func:`search_paths` reads it).
 SYSTEM_LOCATIONS: dict[str, tuple[Path, ...]] = {
@@ -93,23 +94,57 @@ def file_key(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
-def read_bytes(path: Path, fix: str) -> bytes:
-    """The whole content of ``path``, decompressed when it is gzip data (whatever its name).
+#: bytes read (or decompressed) at a time.
+_CHUNK = 1 << 24
+
+
+def read_bytes(path: Path, fix: str, max_size: int | None = None) -> bytes:
+    """The content of ``path``, decompressed when it is gzip data (whatever its name).
+
+    Args:
+        path: the file.
+        fix: what to tell the user to do if the file is damaged.
+        max_size: read at most this many bytes of content (for a format whose header declares its
+            size: a damaged header or a gzip bomb then cannot make the read exhaust memory).
+
+    Returns:
+        The content, or its first ``max_size`` bytes.
 
     Raises:
-        DataError: unreadable file, corrupt gzip data, or a ``.gz`` name on plain data.
+        DataError: unreadable file, corrupt gzip data, a ``.gz`` name on plain data, or content
+            that does not fit in the memory available.
     """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        handle = open(path, "rb")
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}; {fix}") from err
-    if data[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
+    is_gzip = False
+    with handle:
         try:
-            data = gzip.decompress(data)
+            is_gzip = handle.read(2) == b"\x1f\x8b"  # gzip magic, whatever the file is called
+            handle.seek(0)
+            if not is_gzip and path.suffix == ".gz":
+                raise DataError(f"{path} is named .gz but is not gzip data; {fix}")
+            return _read_stream(gzip.GzipFile(fileobj=handle) if is_gzip else handle, path, max_size)
         except (OSError, EOFError, zlib.error) as err:
-            raise DataError(f"{path} is a corrupt or truncated gzip file ({err}); {fix}") from err
-    elif path.suffix == ".gz":
-        raise DataError(f"{path} is named .gz but is not gzip data; {fix}")
-    return data
+            if is_gzip:
+                raise DataError(f"{path} is a corrupt or truncated gzip file ({err}); {fix}") from err
+            raise DataError(f"cannot read {path}: {err.strerror or err}; {fix}") from err
+
+
+def _read_stream(stream, path: Path, max_size: int | None) -> bytes:
+    """At most ``max_size`` bytes of ``stream``, in chunks: one ``read(n)`` would allocate ``n``
+    bytes up front, and a decompressed size is only known once it is reached."""
+    available = memory.available_bytes()
+    parts, total = [], 0
+    while max_size is None or total < max_size:
+        part = stream.read(_CHUNK if max_size is None else min(_CHUNK, max_size - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+        if available is not None and 2 * total > available:   # the parts and their join
+            raise DataError(f"{path} does not fit in memory: more than {memory.format_bytes(total)} of data, "
+                            f"{memory.format_bytes(available)} available; use a machine with more memory")
+    return b"".join(parts)
 

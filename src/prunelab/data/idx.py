@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def read_idx(path: str | os.PathLike, magic: int | None = None, fix: str = "repl
         DataError: wrong magic, short header, or a byte count that does not match the header.
     """
     path = Path(path)
-    data = read_bytes(path, fix)
+    # The header first: the size it declares bounds the read (a damaged header or a gzip bomb
+    # cannot make it exhaust memory).
+    data = read_bytes(path, fix, max_size=4 + 4 * 255)
     if len(data) < 4:
         raise DataError(f"{path} is truncated ({len(data)} bytes, no IDX header); {fix}")
     found = int.from_bytes(data[:4], "big")
@@ -54,11 +57,13 @@ def read_idx(path: str | os.PathLike, magic: int | None = None, fix: str = "repl
     if len(data) < header:
         raise DataError(f"{path} is truncated inside its IDX header; {fix}")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected_len = header + int(np.prod(dims, dtype=np.int64))
+    expected_len = header + math.prod(dims)
+    data = read_bytes(path, fix, max_size=expected_len + 1)   # one byte more tells a longer file
     if len(data) != expected_len:
+        holds = f"{len(data)} bytes" if len(data) < expected_len else "more"
         raise DataError(
             f"{path} is truncated or damaged: its header says {'x'.join(map(str, dims))} "
-            f"({expected_len} bytes) but it holds {len(data)} bytes; {fix}"
+            f"({expected_len} bytes) but it holds {holds}; {fix}"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 

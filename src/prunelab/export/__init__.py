@@ -1,8 +1,10 @@
 """Export and fast sparse inference: make pruning permanent, run it sparse, store it small, ship it as ONNX.
 
 - :func:`make_permanent` bakes masks into the weights and removes every mask structure.
-- :func:`to_sparse` returns a copy whose pruned Linear/Conv2d layers run on sparse kernels where
-  that measures faster at the given batch size (:mod:`.modules`, :mod:`.native`).
+- :func:`to_sparse` returns a copy whose pruned Linear/Conv2d (and HuggingFace Conv1D) layers run
+  on sparse kernels where that measures faster at the given batch size (:mod:`.modules`,
+  :mod:`.native`); a layer its parent reads directly (``nn.MultiheadAttention``'s ``out_proj``)
+  stays dense, with the reason in ``sparse_report["left_dense"]``.
 - :func:`save_sparse` / :func:`load_sparse` store a model as compressed sparse tensors in
   safetensors with JSON metadata; :func:`storage_sizes` compares with dense and gzip.
 - :func:`export_onnx` writes the pruned model as ONNX; :func:`check_onnx` compares onnxruntime.

@@ -1,12 +1,28 @@
-"""``to_sparse``: a copy of a pruned model whose layers run sparse only where that is faster."""
+"""``to_sparse``: a copy of a pruned model whose layers run sparse only where that is faster.
+
+Converted: ``nn.Linear``, ``nn.Conv2d`` and HuggingFace ``Conv1D`` (GPT-2's linear layers, whose
+weight is stored transposed; it becomes a :class:`SparseLinear` of the transposed weight). Left
+dense, with the reason in ``sparse_report["left_dense"]`` and one warning per call: a layer whose
+parent reads its ``weight`` or ``bias`` directly instead of calling it. ``nn.MultiheadAttention``
+passes ``out_proj.weight`` to ``F.multi_head_attention_forward``, and ``nn.TransformerEncoderLayer``
+passes ``linear1.weight``/``linear2.weight`` to its fused inference kernel, so those stay
+``nn.Linear``; any other parent whose ``forward`` source mentions ``self.<child>.weight`` is
+treated the same way. If the converted model still fails on the example input, the dense copy
+is returned and the reason recorded, so converting never breaks a model.
+"""
 
 from __future__ import annotations
 
 import copy
+import inspect
+import re
+import warnings
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
+from prunelab.core.prunable import is_hf_conv1d
 from prunelab.errors import ConfigError
 from prunelab.export import native, timing
 from prunelab.export.modules import SparseConv2d, SparseLinear, conv_supported
@@ -17,9 +33,42 @@ __all__ = ["to_sparse", "sparse_layers"]
 POLICIES = ("auto", "always", "never")
 
 
-def _eligible(module: nn.Module) -> str | None:
+#: Parents known to read a child layer's tensors directly: type -> (child attributes, how).
+_DIRECT_READERS = {
+    nn.MultiheadAttention: (("out_proj",), "passes out_proj.weight to F.multi_head_attention_forward"),
+    nn.TransformerEncoderLayer: (("linear1", "linear2"), "passes linear1/linear2 weights to its fused inference kernel"),
+}
+_SOURCE_READS: dict[type, str] = {}
+
+
+def _forward_source(cls: type) -> str:
+    if cls not in _SOURCE_READS:
+        try:
+            _SOURCE_READS[cls] = inspect.getsource(cls.forward)
+        except (OSError, TypeError, AttributeError):
+            _SOURCE_READS[cls] = ""   # compiled or built-in forward: nothing to read
+    return _SOURCE_READS[cls]
+
+
+def _read_directly(parent: nn.Module | None, attr: str) -> str | None:
+    """Why ``parent`` needs its child ``attr`` to stay a dense module (it reads the child's
+    tensors instead of calling it), or None."""
+    if parent is None:
+        return None
+    for cls, (attrs, how) in _DIRECT_READERS.items():
+        if isinstance(parent, cls) and attr in attrs:
+            return f"its parent {type(parent).__name__} {how}"
+    if re.search(rf"\bself\.{re.escape(attr)}\.(weight|bias)\b", _forward_source(type(parent))):
+        return f"its parent {type(parent).__name__}.forward reads self.{attr}.weight/bias directly"
+    return None
+
+
+def _eligible(module: nn.Module, parent: nn.Module | None = None, attr: str = "") -> str | None:
     """Why ``module`` stays dense, or None if a sparse version can replace it."""
-    if isinstance(module, nn.Linear):
+    direct = _read_directly(parent, attr)
+    if direct:
+        return direct
+    if isinstance(module, nn.Linear) or is_hf_conv1d(module):
         return None if module.weight.dtype == torch.float32 else f"weight dtype {module.weight.dtype}"
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return conv_supported(module)
@@ -49,7 +98,7 @@ def _layers(model: nn.Module) -> list[dict]:
     for parent_name, parent in model.named_modules():
         children = list(parent.named_children())
         for i, (attr, child) in enumerate(children):
-            if not isinstance(child, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if not (isinstance(child, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_hf_conv1d(child)):
                 continue
             entry = {"name": f"{parent_name}.{attr}" if parent_name else attr, "module": child,
                      "parent": parent, "attr": attr, "relu": None, "pool": None, "pool_k": 1}
@@ -67,16 +116,27 @@ def _layers(model: nn.Module) -> list[dict]:
 def _make(module: nn.Module, backend: str, relu: bool, pool: int, threads: int, block: int) -> nn.Module:
     if isinstance(module, nn.Linear):
         return SparseLinear(module, backend=backend, relu=relu, threads=threads, block=block)
+    if is_hf_conv1d(module):
+        # HF Conv1D computes x @ W + b with W of shape (in, out): a Linear of weight W^T.
+        weight = module.weight.detach().t()
+        linear = SimpleNamespace(weight=weight, bias=module.bias, in_features=weight.shape[1],
+                                 out_features=weight.shape[0])
+        return SparseLinear(linear, backend=backend, relu=relu, threads=threads, block=block)
     return SparseConv2d(module, backend=backend, relu=relu, threads=threads, block=block, pool=pool)
 
 
-def _capture_inputs(model: nn.Module, modules: list[nn.Module], example: torch.Tensor) -> dict[int, torch.Tensor]:
+def _call(model: nn.Module, example):
+    """``model(example)``; a dict is passed as keyword arguments (``input_ids=...``)."""
+    return model(**example) if isinstance(example, dict) else model(example)
+
+
+def _capture_inputs(model: nn.Module, modules: list[nn.Module], example) -> dict[int, torch.Tensor]:
     captured: dict[int, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args: captured.setdefault(id(mod), args[0].detach().clone()))
              for m in modules]
     try:
         with torch.no_grad():
-            model(example)
+            _call(model, example)
     finally:
         for h in hooks:
             h.remove()
@@ -115,7 +175,7 @@ def _choose(fns: dict, warmup: int, reps: int, margin: float) -> tuple[str, dict
 
 
 def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None, *, policy: str = "auto",
-              backends: tuple[str, ...] | None = None, input_shape=None, example_input: torch.Tensor | None = None,
+              backends: tuple[str, ...] | None = None, input_shape=None, example_input: torch.Tensor | dict | None = None,
               warmup: int = 10, reps: int = 40, margin: float = 0.05, fuse: bool = True,
               verify: bool = True, block: int = 64) -> nn.Module:
     """A copy of ``model`` in which each pruned Linear/Conv2d runs on a sparse kernel where that
@@ -138,7 +198,8 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
         backends: sparse backends to consider, among ``"native"`` and ``"torch"``; default: both
             when the native kernel is available, else ``("torch",)``. With ``"always"``, the first.
         input_shape: shape of one sample, default ``model.prunelab_config["in_shape"]``.
-        example_input: a batch to time on instead of random data.
+        example_input: a batch to time on instead of random data (a tensor, or a dict of
+            keyword arguments such as ``{"input_ids": ids}`` for a HuggingFace model).
         warmup: untimed calls per candidate; reps: timed calls per candidate.
         margin: relative gain a sparse layer must show to be chosen.
         fuse: fold a following ``nn.ReLU`` (and, after a Conv2d, a non-overlapping ``nn.MaxPool2d``)
@@ -148,11 +209,29 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
 
     Returns:
         The converted copy, in eval mode, with ``model.sparse_report`` (dict): per layer its
-        sparsity, candidates' median latencies in µs and the choice, plus whole-model timings.
+        sparsity, candidates' median latencies in µs and the choice, plus whole-model timings;
+        ``left_dense`` maps every layer left dense to the reason (layers their parent reads
+        directly, as ``nn.MultiheadAttention``'s ``out_proj``, also raise one warning). A model
+        wrapped by ``torch.compile`` or DDP is converted from the plain model inside. Works under
+        ``torch.inference_mode()``: the copy holds ordinary tensors, usable later with autograd.
 
     Raises:
         ConfigError: unknown policy or backend, or (for ``"auto"``) no way to know the input shape.
+
+    Example:
+        >>> fast = to_sparse(encoder, policy="always", backends=("torch",))
+        >>> fast.sparse_report["left_dense"]["layers.0.self_attn.out_proj"]
+        'its parent MultiheadAttention passes out_proj.weight to F.multi_head_attention_forward'
     """
+    # Tensors made under inference mode could never be used with autograd again; the copy must
+    # be an ordinary model whatever mode the caller is in.
+    with torch.inference_mode(False):
+        return _to_sparse(model, batch_size, threads, policy, backends, input_shape, example_input,
+                          warmup, reps, margin, fuse, verify, block)
+
+
+def _to_sparse(model, batch_size, threads, policy, backends, input_shape, example_input, warmup, reps,
+               margin, fuse, verify, block) -> nn.Module:
     if policy not in POLICIES:
         raise ConfigError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     available = ("native", "torch") if native.load() is not None else ("torch",)
@@ -166,6 +245,7 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
     sparse = copy.deepcopy(dense)
     threads = int(threads) if threads else torch.get_num_threads()
     layers = _layers(sparse)
+    structural: dict[str, str] = {}
     report = {"policy": policy, "batch_size": int(batch_size), "threads": threads, "backends": list(backends),
               "native": native.status(), "layers": [], "reverted": False}
     inputs = {}
@@ -175,7 +255,7 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
     with timing.threads(threads):
         for layer in layers:
             module = layer["module"]
-            reason = _eligible(module)
+            reason = _eligible(module, layer["parent"], layer["attr"])
             relu = layer["relu"] is not None and fuse
             pool = layer["pool_k"] if fuse and layer["pool"] is not None else 1
             weight = module.weight.detach()
@@ -183,6 +263,8 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
                      "sparsity": round(float((weight == 0).sum()) / weight.numel(), 6), "choice": "dense"}
             if reason or policy == "never" or (policy == "auto" and id(module) not in inputs):
                 entry["note"] = reason or ("policy never" if policy == "never" else "not reached by the forward pass")
+                if reason:
+                    structural[layer["name"]] = reason
                 report["layers"].append(entry)
                 continue
             candidates = {b: _make(module, b, relu, pool, threads, block)
@@ -206,9 +288,16 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
                         setattr(layer["parent"], fused, nn.Identity())
                 entry["fused"] = [f for f, used in ((layer["relu"], relu), (layer["pool"], pool > 1)) if used]
             report["layers"].append(entry)
+        failure = _check_runs(sparse, report, batch_size, input_shape, example_input)
+        if failure:
+            report["reverted"], report["revert_reason"] = True, failure
+            for e in report["layers"]:
+                e["choice"] = "dense"
+            sparse = dense
+            warnings.warn(f"to_sparse: {failure}; returning the dense copy", stacklevel=3)
         if policy == "auto" and verify and any(e["choice"] != "dense" for e in report["layers"]):
             example = _example(sparse, batch_size, input_shape, example_input)
-            timed = timing.interleaved({"dense": lambda: dense(example), "sparse": lambda: sparse(example)},
+            timed = timing.interleaved({"dense": lambda: _call(dense, example), "sparse": lambda: _call(sparse, example)},
                                        warmup=warmup, reps=reps)
             report["model_median_us"] = {k: v["median_us"] for k, v in timed.items()}
             if timed["sparse"]["median_us"] >= timed["dense"]["median_us"]:
@@ -216,8 +305,39 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
                 for e in report["layers"]:
                     e["choice"] = "dense"
                 sparse = dense
+    report["left_dense"] = {e["name"]: _dense_reason(e, report) for e in report["layers"] if e["choice"] == "dense"}
+    if structural:
+        warnings.warn("to_sparse left layers dense: " + "; ".join(f"{n}: {r}" for n, r in structural.items()),
+                      stacklevel=3)
     sparse.sparse_report = report
     return sparse
+
+
+def _dense_reason(entry: dict, report: dict) -> str:
+    if report.get("revert_reason"):
+        return report["revert_reason"]
+    if report["reverted"]:
+        return "the sparse model as a whole was not faster than the dense one"
+    if entry.get("note"):
+        return entry["note"]
+    return f"the sparse kernel was not faster at batch size {report['batch_size']}"
+
+
+def _check_runs(sparse: nn.Module, report: dict, batch_size, input_shape, example_input) -> str | None:
+    """Run the converted model once on the example input (when one can be had); a failure
+    (a module that read a replaced layer's tensors) is returned as the reason to stay dense."""
+    if not any(e["choice"] != "dense" for e in report["layers"]):
+        return None
+    try:
+        example = _example(sparse, batch_size, input_shape, example_input)
+    except ConfigError:
+        return None   # nothing to run it on ("always" without an input shape)
+    try:
+        with torch.no_grad():
+            _call(sparse, example)
+    except (AttributeError, RuntimeError, TypeError, ValueError, ConfigError) as exc:
+        return f"the converted model failed on the example input ({type(exc).__name__}: {exc})"
+    return None
 
 
 def sparse_layers(model: nn.Module) -> dict[str, nn.Module]:

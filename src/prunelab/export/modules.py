@@ -74,6 +74,15 @@ class _CSRLayer(nn.Module):
             raise ConfigError(f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if backend == "native" and native.load() is None:
             raise ConfigError(f"the native sparse kernel is unavailable ({native.status()['reason']}); use backend='torch'")
+        # Buffers made under torch.inference_mode() could never meet autograd again ("Inference
+        # tensors cannot be saved for backward"): build ordinary ones whatever the caller's mode.
+        with torch.inference_mode(False):
+            self._build(weight, bias)
+        self.backend, self.relu, self.block = backend, bool(relu), int(block)
+        self.threads = int(threads) if threads else torch.get_num_threads()
+        self._reset()
+
+    def _build(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         w2 = weight.detach().reshape(weight.shape[0], -1).to(torch.float32)
         keep = w2 != 0
         if int(keep.sum()) > _INT32_MAX or w2.shape[1] > _INT32_MAX:
@@ -84,9 +93,6 @@ class _CSRLayer(nn.Module):
         self.register_buffer("values", w2[keep].contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self.out_channels, self.fan_in = w2.shape
-        self.backend, self.relu, self.block = backend, bool(relu), int(block)
-        self.threads = int(threads) if threads else torch.get_num_threads()
-        self._reset()
 
     def _reset(self) -> None:
         # native descriptors hold raw pointers to the buffers; _fast is (kernel, descriptor address)
@@ -118,7 +124,7 @@ class _CSRLayer(nn.Module):
     def csr_weight(self) -> torch.Tensor:
         """The weight as a ``torch.sparse_csr_tensor`` of shape ``(out, in * kh * kw)``."""
         if self._csr is None:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), torch.inference_mode(False):   # cached: an ordinary tensor
                 warnings.simplefilter("ignore")   # "sparse CSR support is in beta"
                 self._csr = torch.sparse_csr_tensor(
                     self.crow.to(torch.int64), self.col.to(torch.int64), self.values,

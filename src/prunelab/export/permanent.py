@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from prunelab.core.prunable import prunable_parameters, resolve_parameters, unwrap
 from prunelab.errors import MaskError
 
 __all__ = ["make_permanent", "plain_copy"]
@@ -53,8 +54,9 @@ def make_permanent(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = 
     round-trips bit for bit without recording signs of zeros.
 
     Args:
-        model: the network (modified in place).
-        masks: optional masks to bake in; names as in ``model.named_parameters()``.
+        model: the network (modified in place), or its ``torch.compile``/DDP wrapper.
+        masks: optional masks to bake in; canonical names (the unwrapped model's
+            ``named_parameters()``), tied aliases and wrapper-prefixed names all resolve.
 
     Returns:
         ``model``, now a plain module: same class, same ``state_dict`` keys as before pruning.
@@ -66,22 +68,18 @@ def make_permanent(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = 
         >>> masks = prunelab.prune(model, "magnitude", sparsity=0.9)
         >>> make_permanent(model, masks)      # model.fc1.weight is a plain Parameter with zeros
     """
-    _remove_nn_prune(model)
-    _remove_parametrizations(model)
-    params = dict(model.named_parameters())
+    inner = unwrap(model)
+    _remove_nn_prune(inner)
+    _remove_parametrizations(inner)
+    params = resolve_parameters(inner, masks) if masks is not None else {}
     if masks is not None:
         for name, mask in masks.items():
-            if name not in params:
-                raise MaskError(f"mask {name!r} names no parameter of the model; were the masks made for another model?")
             if tuple(mask.shape) != tuple(params[name].shape):
                 raise MaskError(f"mask {name!r} has shape {tuple(mask.shape)} but the parameter has {tuple(params[name].shape)}")
         for name, mask in masks.items():
             params[name].masked_fill_(~mask.to(device=params[name].device, dtype=torch.bool), 0.0)
-    from prunelab.core.masks import prunable_parameters
-
-    touched = set(masks or ()) | set(prunable_parameters(model))
-    for name in touched:
-        p = params[name]
+    touched = list(params.values()) + list(prunable_parameters(inner).values())
+    for p in {id(p): p for p in touched}.values():   # a tied weight once
         if p.is_floating_point():
             p.masked_fill_(p == 0, 0.0)   # -0.0 -> +0.0
     return model
@@ -90,10 +88,13 @@ def make_permanent(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = 
 def plain_copy(model: nn.Module) -> nn.Module:
     """``make_permanent(copy.deepcopy(model))``, also for models pruned with ``torch.nn.utils.prune``:
     their masked ``weight`` attribute is a non-leaf tensor that ``deepcopy`` refuses
-    (pytorch/pytorch#37322), so it is detached for the copy and restored afterwards."""
+    (pytorch/pytorch#37322), so it is detached for the copy and restored afterwards. A
+    ``torch.compile``/DDP wrapper is not copied: the copy is of the plain model inside it."""
     import copy
 
     from torch.nn.utils import prune as nn_prune
+
+    model = unwrap(model)
 
     saved = []
     for module in model.modules():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,7 +36,8 @@ import torch
 from torch import nn
 
 from prunelab.errors import CheckpointError
-from prunelab.core.checkpoints import read_safetensors, rebuild_model
+from prunelab.core.checkpoints import buffer_aliases, read_safetensors, rebuild_model
+from prunelab.core.prunable import canonical_name, model_parameters, parameter_aliases, unwrap
 from prunelab.utils.io import atomic_path
 
 __all__ = ["save_sparse", "load_sparse", "storage_sizes", "FORMAT"]
@@ -223,9 +225,23 @@ def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    state = {f"param/{n}": p for n, p in model.named_parameters()}
-    state.update({f"buffer/{n}": b for n, b in model.named_buffers()})
+    """Every tensor of the unwrapped model under its canonical name (a tied tensor once)."""
+    inner = unwrap(model)
+    state = {f"param/{n}": p for n, p in inner.named_parameters()}
+    state.update({f"buffer/{n}": b for n, b in inner.named_buffers()})
     return state
+
+
+def _canonical_entries(model: nn.Module, entries: dict) -> dict:
+    """``canonical key -> (stored key, info)``, keyed as :func:`_state` keys the model's tensors
+    (a file written from a wrapped model may carry wrapper prefixes, a tied tensor an alias)."""
+    aliases = {"param": parameter_aliases(model), "buffer": buffer_aliases(model)}
+    out = {}
+    for key, info in entries.items():
+        kind, _, name = key.partition("/")
+        canonical = canonical_name(name, aliases[kind]) if kind in aliases else None
+        out[f"{kind}/{canonical}" if canonical else key] = (key, info)
+    return out
 
 
 def save_sparse(path, model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None,
@@ -234,9 +250,11 @@ def save_sparse(path, model: nn.Module, masks: Mapping[str, torch.Tensor] | None
 
     Args:
         path: target file (``*.safetensors`` by convention); written atomically (temp + rename).
-        model: the pruned model; its ``prunelab_config`` is stored so :func:`load_sparse` can
-            rebuild it with ``prunelab.models.create``.
-        masks: optional masks to store as well (``name -> bool tensor``).
+        model: the pruned model (or its ``torch.compile``/DDP wrapper; the plain model's
+            canonical names are stored, a tied weight once); its ``prunelab_config`` is stored so
+            :func:`load_sparse` can rebuild it with ``prunelab.models.create``.
+        masks: optional masks to store as well (``name -> bool tensor``; canonical names, tied
+            aliases or wrapper-prefixed names).
         meta: optional JSON-able metadata (metrics, provenance).
 
     Returns:
@@ -253,8 +271,8 @@ def save_sparse(path, model: nn.Module, masks: Mapping[str, torch.Tensor] | None
     entries = {key: _encode(key, t, tensors) for key, t in _state(model).items()}
     mask_info = {}
     if masks is not None:
-        Masks({n: m.to(torch.bool) for n, m in masks.items()}).validate(model)
-        params = dict(model.named_parameters())
+        masks = Masks({n: m.to(torch.bool) for n, m in masks.items()}).canonical(model)
+        params = model_parameters(model)
         for name, m in masks.items():
             m = m.detach().cpu().to(torch.bool)
             if torch.equal(m, params[name].detach().cpu() != 0):
@@ -262,7 +280,7 @@ def save_sparse(path, model: nn.Module, masks: Mapping[str, torch.Tensor] | None
             else:
                 mask_info[name] = "bitmap"
                 tensors[f"mask/{name}"] = _pack(m)
-    document = {"format": FORMAT, "version": VERSION, "model": getattr(model, "prunelab_config", None),
+    document = {"format": FORMAT, "version": VERSION, "model": getattr(unwrap(model), "prunelab_config", None),
                 "tensors": entries, "masks": mask_info, "meta": meta or {}, "sha256": _digest(tensors)}
     path = Path(path)
     with atomic_path(path, mkdir=True) as tmp:
@@ -278,7 +296,19 @@ def _read(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: sparse format version {document.get('version')!r} is not supported (expected {VERSION})")
     if document.get("sha256") != _digest(tensors):
         raise CheckpointError(f"{path}: checksum mismatch: the file is damaged; export it again")
+    # The checksum covers the tensors, not this table that says how to decode them.
+    entries, mask_info = document.get("tensors"), document.get("masks") or {}
+    if not isinstance(entries, dict) or not all(_valid_entry(info) for info in entries.values()) \
+            or not isinstance(mask_info, dict) or not all(isinstance(how, str) for how in mask_info.values()):
+        raise CheckpointError(f"{path}: its table of tensors is damaged; export it again")
     return tensors, document
+
+
+def _valid_entry(info) -> bool:
+    """Whether a tensor's entry in the table has a shape of non-negative ints and string dtype and encoding."""
+    shape = info.get("shape") if isinstance(info, dict) else None
+    return (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+            and isinstance(info.get("dtype"), str) and isinstance(info.get("encoding"), str))
 
 
 def load_sparse(path, model: nn.Module | None = None):
@@ -286,8 +316,8 @@ def load_sparse(path, model: nn.Module | None = None):
 
     Args:
         path: the file.
-        model: a model to fill; by default it is rebuilt with ``prunelab.models.create`` from the
-            stored config.
+        model: a model to fill (or its ``torch.compile``/DDP wrapper); by default it is rebuilt
+            with ``prunelab.models.create`` from the stored config.
 
     Returns:
         A :class:`prunelab.core.checkpoints.Checkpoint` ``(model, masks or None, meta)``; ``meta`` is
@@ -301,36 +331,41 @@ def load_sparse(path, model: nn.Module | None = None):
 
     path = Path(path)
     tensors, document = _read(path)
-    model = model if model is not None else rebuild_model(document.get("model"), path)
+    if model is None:
+        held = sum(math.prod(info["shape"]) for key, info in document["tensors"].items() if key.startswith("param/"))
+        model = rebuild_model(document.get("model"), path, stored_numel=held)
     state = _state(model)
-    entries = document.get("tensors") or {}
+    entries = _canonical_entries(model, document["tensors"])
     if set(entries) != set(state):
         missing, extra = sorted(set(state) - set(entries)), sorted(set(entries) - set(state))
         raise CheckpointError(f"{path}: does not fit the model (missing {missing[:5]}, unexpected {extra[:5]})")
     decoded = {}
-    for key, info in entries.items():
-        try:
-            decoded[key] = _decode(key, info, tensors)
-        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
-            raise CheckpointError(f"{path}: tensor {key} cannot be decoded ({exc}); the file is damaged") from None
+    for key, (stored_key, info) in entries.items():
+        # Checked before decoding: the model, not the file, says how much memory a tensor takes.
         target = state[key]
-        if tuple(target.shape) != tuple(decoded[key].shape) or target.dtype != decoded[key].dtype:
-            raise CheckpointError(f"{path}: {key} is {tuple(decoded[key].shape)} {decoded[key].dtype} in the file "
-                                  f"but {tuple(target.shape)} {target.dtype} in the model")
+        if info.get("shape") != list(target.shape) or info.get("dtype") != str(target.dtype):
+            raise CheckpointError(f"{path}: {key} is {info.get('shape')} {info.get('dtype')} in the file "
+                                  f"but {list(target.shape)} {target.dtype} in the model")
+        try:
+            decoded[key] = _decode(stored_key, info, tensors)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, OverflowError) as exc:
+            raise CheckpointError(f"{path}: tensor {key} cannot be decoded ({exc}); the file is damaged") from None
     with torch.no_grad():
         for key, value in decoded.items():
             state[key].copy_(value)
     masks = None
     if document.get("masks"):
-        params = dict(model.named_parameters())
+        params = model_parameters(model)
+        aliases = parameter_aliases(model)
         found = {}
         for name, how in document["masks"].items():
-            if name not in params:
+            key = canonical_name(name, aliases)
+            if key is None:
                 raise CheckpointError(f"{path}: mask {name!r} names no parameter of the model")
-            p = params[name].detach()
+            p = params[key].detach()
             try:
-                found[name] = (p != 0) if how == "nonzero" else _unpack(tensors[f"mask/{name}"], p.numel()).reshape(p.shape)
-            except (KeyError, ValueError) as exc:
+                found[key] = (p != 0) if how == "nonzero" else _unpack(tensors[f"mask/{name}"], p.numel()).reshape(p.shape)
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise CheckpointError(f"{path}: mask {name} cannot be decoded ({exc})") from None
         masks = Masks(found)
     return Checkpoint(model=model, masks=masks, meta=document)

@@ -54,13 +54,21 @@ def dense_path(spec: RunSpec, outdir) -> Path:
     return Path(outdir) / "dense" / f"{slug}-{stable_hash(dense_key(spec))[:16]}.safetensors"
 
 
-def model_factory(spec: RunSpec, dataset) -> Callable[[], torch.nn.Module]:
-    """A function returning a fresh model initialised from ``spec.seed`` (same weights each call)."""
+def model_factory(spec: RunSpec, dataset, device: torch.device | None = None) -> Callable[[], torch.nn.Module]:
+    """A function returning a fresh model initialised from ``spec.seed`` (same weights each call).
+
+    Args:
+        spec: the run spec (model, its options, seed).
+        dataset: the loaded data set (input shape, classes).
+        device: put every model there (None: leave it on the CPU). Models are initialised on the
+            CPU and then moved, so one seed gives the same initial weights on every device.
+    """
 
     def make():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
-            return models.create(spec.model, tuple(dataset.in_shape), dataset.num_classes, **spec.model_kwargs)
+            model = models.create(spec.model, tuple(dataset.in_shape), dataset.num_classes, **spec.model_kwargs)
+        return model if device is None else model.to(device)
 
     return make
 
@@ -74,7 +82,8 @@ def split_scores(model, dataset, batch_size) -> dict:
     return out
 
 
-def get_dense(spec: RunSpec, dataset, outdir, log=None) -> tuple[torch.nn.Module, dict]:
+def get_dense(spec: RunSpec, dataset, outdir, log=None, device: torch.device | None = None
+              ) -> tuple[torch.nn.Module, dict]:
     """The trained dense model of ``spec``, from the cache or trained now and cached.
 
     Args:
@@ -82,6 +91,8 @@ def get_dense(spec: RunSpec, dataset, outdir, log=None) -> tuple[torch.nn.Module
         dataset: the loaded data set.
         outdir: the output directory (cache under ``outdir/dense``).
         log: progress lines.
+        device: train it there, and return it there (None: the CPU). The cache is
+            device-independent (checkpoints hold CPU tensors).
 
     Returns:
         ``(model, info)`` with info ``seconds`` (original training time), ``cached``, ``path``,
@@ -90,12 +101,12 @@ def get_dense(spec: RunSpec, dataset, outdir, log=None) -> tuple[torch.nn.Module
     log = log or (lambda msg: None)
     path = dense_path(spec, outdir)
     key = dense_key(spec)
-    factory = model_factory(spec, dataset)
+    factory = model_factory(spec, dataset, device)
     cached = None
     # Under torchrun rank 0 alone reads the cache (other ranks may not see its files) and shares it.
     if distributed.is_main() and path.exists():
         try:
-            ckpt = load_checkpoint(path, factory())
+            ckpt = load_checkpoint(path, factory())   # the factory's model is on the device already
             extra = ckpt.meta.get("extra", {})
             if extra.get("dense_key") == key:
                 cached = ckpt.model, {"seconds": extra["seconds"], "cached": True, "path": str(path),
@@ -118,7 +129,8 @@ def get_dense(spec: RunSpec, dataset, outdir, log=None) -> tuple[torch.nn.Module
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)  # dropout
-        state = train(model, dataset, config, progress=False, select_best=len(dataset.val) > 0, label="dense")
+        state = train(model, dataset, config, progress=False, select_best=len(dataset.val) > 0, label="dense",
+                      device=device)
     seconds = time.perf_counter() - t0
     scores = split_scores(model, dataset, config.eval_batch_size)
     extra = {"dense_key": key, "seconds": seconds, "scores": scores, "history": state.history}

@@ -64,7 +64,7 @@ from prunelab.training.loop import train
 __all__ = [
     "RunSpec", "RunResult", "SweepReport", "run", "sweep", "validate_all", "canonical_options", "method_class",
     "stable_hash", "load_data", "dense_key", "dense_path", "get_dense", "model_factory", "calibration_split",
-    "split_scores", "git_sha", "PHASES", "SPLITS", "SUMMARY_KEYS",
+    "split_scores", "git_sha", "PHASES", "SPLITS", "SUMMARY_KEYS", "run_device",
 ]
 
 SUMMARY_KEYS = (
@@ -111,7 +111,31 @@ def _provenance() -> dict:
 
 # --------------------------------------------------------------------------- the harness
 
-def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str], None] | None = None) -> RunResult:
+def run_device(device=None) -> torch.device | None:
+    """The device a run computes on: ``device`` as a :class:`torch.device`; when None, the rank's
+    device under ``torchrun`` (``cuda:LOCAL_RANK`` under NCCL) and otherwise None (the CPU, where
+    models are created).
+
+    Raises:
+        ConfigError: ``device`` names no device.
+    """
+    if device is None:
+        return distributed.device() if distributed.is_active() else None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; pass e.g. 'cpu', 'cuda', 'cuda:1' or a torch.device") from None
+
+
+def _on_device(split, device):
+    """``split`` (a ``Split``) with its tensors on ``device`` (itself when ``device`` is None)."""
+    if device is None or split is None:
+        return split
+    return type(split)(split.x.to(device), split.y.to(device))
+
+
+def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str], None] | None = None,
+        device=None) -> RunResult:
     """Run ``spec`` (or return its stored result) and record it in ``store``.
 
     Args:
@@ -122,18 +146,24 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
         dataset: the loaded data set (loaded from ``spec`` when omitted).
         data_dir: where to look for data files.
         log: receives progress lines (silent when omitted).
+        device: where the whole run computes: dense training, the method, retraining and
+            evaluation (a :class:`torch.device` or its name; default: the CPU, or the rank's GPU
+            under ``torchrun`` with NCCL). It is an execution option, not part of the spec: the
+            hash, and so the stored result a rerun finds, do not depend on it; the result's
+            ``info["device"]`` records it.
 
     Returns:
         The :class:`RunResult`.
 
     Raises:
-        ConfigError: the spec is invalid (checked before anything trains).
+        ConfigError: the spec is invalid (checked before anything trains), or ``device`` is.
 
     Under ``torchrun`` call it on every rank with the same spec; ``store`` is the real store on
     rank 0 and may be a :class:`prunelab.harness.store.FollowerStore` elsewhere. Rank 0 decides whether the
     run is stored already and writes the result; every rank returns rank 0's result.
     """
     spec.validate()
+    device = run_device(device)
     done = store.get(spec.hash) if distributed.is_main() else None
     if distributed.is_active():
         shared = distributed.broadcast_json(done.to_dict(with_traces=True) if done is not None else None)
@@ -143,7 +173,7 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
         return done
     log = log or (lambda msg: None)
     dataset = dataset if dataset is not None else load_data(spec, data_dir)
-    dense, dense_info = get_dense(spec, dataset, store.outdir, log)
+    dense, dense_info = get_dense(spec, dataset, store.outdir, log, device=device)
     method = methods.create(spec.method, **spec.hparams)
     family = getattr(method, "family", "oneshot")
     retrain_config = spec.retrain_config()
@@ -153,7 +183,7 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
     phase_times = {"dense_train": dense_info["seconds"]}
     if family == "oneshot":
         model = copy.deepcopy(dense)
-        calib = calibration_split(dataset, spec.calib_size, spec.seed)
+        calib = _on_device(calibration_split(dataset, spec.calib_size, spec.seed), device)
         t0 = time.perf_counter()
         masks = method.prune(model, None, float(spec.target), calib)
         if distributed.is_active():
@@ -170,15 +200,15 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(spec.seed)
                 state = train(model, dataset, retrain_config, masks=masks, progress=False,
-                              select_best=len(dataset.val) > 0, label="retrain")
+                              select_best=len(dataset.val) > 0, label="retrain", device=device)
             phase_times["retrain"] = time.perf_counter() - t0
             traces["retrain"] = [dict(r, sparsity=masks.sparsity()) for r in state.history]
     else:
         ctx = MethodContext(
-            data=dataset, model_factory=model_factory(spec, dataset),
-            init_state={k: v.clone() for k, v in model_factory(spec, dataset)().state_dict().items()},
+            data=dataset, model_factory=model_factory(spec, dataset, device),
+            init_state={k: v.clone() for k, v in model_factory(spec, dataset, device)().state_dict().items()},
             dense_model=copy.deepcopy(dense), target=float(spec.target), train_config=spec.dense_config(),
-            retrain_config=retrain_config, seed=spec.seed, log=log,
+            retrain_config=retrain_config, seed=spec.seed, log=log, device=device,
         )
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
@@ -213,7 +243,7 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
         metrics[f"time_{phase}"] = seconds
     metrics["time_total"] = sum(v for k, v in phase_times.items() if k != "dense_train")
     info.update(counted=s.get("counted"), dense_path=dense_info["path"], data_source=getattr(dataset, "source", None),
-                **_provenance())
+                device=str(device or "cpu"), **_provenance())
     result = RunResult(spec=spec, hash=spec.hash, family=family, metrics=metrics, phase_times=phase_times,
                        dense_cached=dense_info["cached"], traces=traces, layers=s.get("layers", []), info=info)
     if distributed.is_main():
@@ -258,7 +288,7 @@ def validate_all(specs: Iterable[RunSpec]) -> list[RunSpec]:
 
 
 def sweep(specs: Iterable[RunSpec], store, *, data_dir=None, log=None, on_start=None, on_end=None,
-          keep_going: bool = True) -> SweepReport:
+          keep_going: bool = True, device=None) -> SweepReport:
     """Run every spec not already in ``store``; a rerun after any interruption resumes.
 
     Args:
@@ -270,6 +300,7 @@ def sweep(specs: Iterable[RunSpec], store, *, data_dir=None, log=None, on_start=
         on_end: ``on_end(index, total, spec, result_or_None)`` after it.
         keep_going: a run that raises is logged (traceback in ``OUTDIR/errors.log``) and the
             sweep goes on; False re-raises.
+        device: where every run computes (see :func:`run`; not part of any run's identity).
 
     Returns:
         A :class:`SweepReport`.
@@ -284,6 +315,7 @@ def sweep(specs: Iterable[RunSpec], store, *, data_dir=None, log=None, on_start=
     """
     log = log or (lambda msg: None)
     specs = validate_all(specs)
+    device = run_device(device)   # a bad device fails here, before any run starts
     if distributed.is_active():
         stored = set(distributed.broadcast_json(sorted(store.hashes()) if distributed.is_main() else None))
         keep_going = False
@@ -304,7 +336,7 @@ def sweep(specs: Iterable[RunSpec], store, *, data_dir=None, log=None, on_start=
         result = None
         try:
             dataset = load_data(spec, data_dir)
-            result = run(spec, store, dataset=dataset, log=log)
+            result = run(spec, store, dataset=dataset, log=log, device=device)
             ran.append(result)
         except PrunelabError as exc:
             if not keep_going:

@@ -24,17 +24,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
 from pathlib import Path
 
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, PrunelabError, StorageError
 
 SCHEMA_VERSION = 1
 FILENAME = "results.sqlite"
 
+_TABLES = ("meta", "runs", "traces")
+# One transaction: a process killed while creating a store leaves all three tables or none.
 _SCHEMA = """
+BEGIN;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     hash TEXT PRIMARY KEY,
@@ -62,6 +66,7 @@ CREATE TABLE IF NOT EXISTS traces (
     row_json TEXT NOT NULL,
     PRIMARY KEY (run_hash, trace, idx)
 );
+COMMIT;
 """
 
 
@@ -74,7 +79,9 @@ class Store:
 
     Raises:
         ConfigError: the directory cannot be created, or the file is not a prunelab store (or one
-            of another schema version).
+            of another schema version, or a damaged one). A file that is not a store is never
+            written to; reading a damaged store raises ConfigError too, and a write that fails
+            (disk full) raises :class:`~prunelab.errors.StorageError`, leaving the store as it was.
     """
 
     def __init__(self, outdir):
@@ -84,10 +91,12 @@ class Store:
         except OSError as exc:
             raise ConfigError(f"cannot create output directory {self.outdir}: {exc.strerror}; choose another --out") from None
         self.path = self.outdir / FILENAME
+        self._conn = None
         try:
             # isolation_level=None: transactions are begun and committed explicitly below.
             self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            if not self._existing_store():   # checked before anything writes to the file
+                self._conn.execute("PRAGMA journal_mode=WAL")   # persistent: set once, when the store is new
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
             row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -96,9 +105,60 @@ class Store:
             elif row[0] != str(SCHEMA_VERSION):
                 raise ConfigError(f"{self.path} has result-store schema {row[0]}, this prunelab writes "
                                   f"{SCHEMA_VERSION}; use another --out directory")
+        except (sqlite3.DatabaseError, ValueError) as exc:   # ValueError: ConfigError, or text that is not UTF-8
+            if self._conn is not None:
+                self._conn.close()
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{self.path} is not a prunelab result store or is damaged "
+                              f"({' '.join(str(exc).split())}); move it away or choose another --out") from None
+
+    def _existing_store(self) -> bool:
+        """Whether the file already holds a store (False: it is new or empty). ConfigError when it
+        is an SQLite database of something else (the schema script must not add tables to someone
+        else's database) or a damaged store (found now, before anything could write to it)."""
+        tables = {name for (name,) in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if not name.startswith("sqlite_")}
+        foreign = sorted(tables - set(_TABLES))
+        if foreign:
+            raise ConfigError(f"{self.path} is not a prunelab result store (it holds tables "
+                              f"{', '.join(foreign[:5])}); move it away or choose another --out")
+        if not tables:
+            return False
+        problems = [" ".join(str(row[0]).split()) for row in self._conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise ConfigError(f"{self.path} is a damaged result store ({'; '.join(problems)}); "
+                              "move it away and rerun, or choose another --out")
+        return True
+
+    @contextlib.contextmanager
+    def _reading(self):
+        """Turn damage found while reading (SQLite or the JSON inside) into a one-line ConfigError."""
+        try:
+            yield
+        except PrunelabError:
+            raise
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            reason = " ".join(str(exc).split())
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in reason:
+                raise ConfigError(f"{self.path} is locked by another process ({reason}); rerun when it is done") from None
+            raise ConfigError(f"{self.path} is damaged ({type(exc).__name__}: {reason}); "
+                              "move it away and rerun, or choose another --out") from None
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn a failed write (disk full, read-only file, damage) into a StorageError; the
+        transaction was rolled back, so the store holds what it held before."""
+        try:
+            yield
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{self.path} is not a prunelab result store ({exc}); "
-                              "move it away or choose another --out") from None
+            reason = " ".join(str(exc).split())
+            todo = ("free some space and rerun" if "full" in reason else
+                    "rerun when the other process is done" if "locked" in reason else
+                    "check that the file is writable (move it away if it is damaged) and rerun")
+            error = StorageError(f"cannot write to {self.path}: {reason}; the runs stored so far are intact; {todo}")
+            error.errno = getattr(exc, "sqlite_errorcode", None)
+            raise error from exc
 
     # -- context manager
     def close(self) -> None:
@@ -114,21 +174,23 @@ class Store:
     # -- reading
     def hashes(self) -> set[str]:
         """Hashes of every completed run."""
-        return {r[0] for r in self._conn.execute("SELECT hash FROM runs")}
+        with self._reading():
+            return {r[0] for r in self._conn.execute("SELECT hash FROM runs")}
 
     def has(self, run_hash: str) -> bool:
         """Whether the run with this spec hash is complete in the store."""
-        return self._conn.execute("SELECT 1 FROM runs WHERE hash=?", (run_hash,)).fetchone() is not None
+        with self._reading():
+            return self._conn.execute("SELECT 1 FROM runs WHERE hash=?", (run_hash,)).fetchone() is not None
 
     def __len__(self) -> int:
-        return self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        with self._reading():
+            return self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
     def get(self, run_hash: str):
         """The :class:`~prunelab.harness.runner.RunResult` of a completed run, or None."""
-        row = self._conn.execute("SELECT result_json FROM runs WHERE hash=?", (run_hash,)).fetchone()
-        if row is None:
-            return None
-        return self._result(run_hash, row[0])
+        with self._reading():
+            row = self._conn.execute("SELECT result_json FROM runs WHERE hash=?", (run_hash,)).fetchone()
+            return None if row is None else self._result(run_hash, row[0])
 
     def results(self, **where) -> list:
         """Every completed run (in insertion order), optionally filtered by column equality.
@@ -142,27 +204,30 @@ class Store:
             raise ConfigError(f"cannot filter results by {', '.join(bad)}; use {', '.join(sorted(columns))}")
         clause = " AND ".join(f"{k}=?" for k in where)
         sql = "SELECT hash, result_json FROM runs" + (f" WHERE {clause}" if clause else "") + " ORDER BY rowid"
-        rows = self._conn.execute(sql, tuple(where.values())).fetchall()
-        return [self._result(h, text) for h, text in rows]
+        with self._reading():
+            rows = self._conn.execute(sql, tuple(where.values())).fetchall()
+            return [self._result(h, text) for h, text in rows]
 
     def traces(self, run_hash: str) -> dict[str, list[dict]]:
         """The traces of a run: trace name → rows in order."""
         out: dict[str, list[dict]] = {}
-        for trace, row in self._conn.execute(
-                "SELECT trace, row_json FROM traces WHERE run_hash=? ORDER BY trace, idx", (run_hash,)):
-            out.setdefault(trace, []).append(json.loads(row))
+        with self._reading():
+            for trace, row in self._conn.execute(
+                    "SELECT trace, row_json FROM traces WHERE run_hash=? ORDER BY trace, idx", (run_hash,)):
+                out.setdefault(trace, []).append(json.loads(row))
         return out
 
     def check(self) -> list[str]:
         """Integrity problems (empty list when none): runs whose trace-row count is off."""
         problems = []
-        for h, expected, found in self._conn.execute(
-                "SELECT r.hash, r.n_trace_rows, (SELECT COUNT(*) FROM traces t WHERE t.run_hash=r.hash) "
-                "FROM runs r"):
-            if expected != found:
-                problems.append(f"run {h[:12]}: {found} trace rows, {expected} expected")
-        orphans = self._conn.execute(
-            "SELECT COUNT(*) FROM traces WHERE run_hash NOT IN (SELECT hash FROM runs)").fetchone()[0]
+        with self._reading():
+            for h, expected, found in self._conn.execute(
+                    "SELECT r.hash, r.n_trace_rows, (SELECT COUNT(*) FROM traces t WHERE t.run_hash=r.hash) "
+                    "FROM runs r"):
+                if expected != found:
+                    problems.append(f"run {str(h)[:12]}: {found} trace rows, {expected} expected")
+            orphans = self._conn.execute(
+                "SELECT COUNT(*) FROM traces WHERE run_hash NOT IN (SELECT hash FROM runs)").fetchone()[0]
         if orphans:
             problems.append(f"{orphans} trace rows without a run")
         return problems
@@ -177,15 +242,17 @@ class Store:
     def suites(self) -> dict[str, dict]:
         """Suites run into this directory: name → ``{"description", "notes", "runs"}``."""
         out = {}
-        for key, value in self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'suite:%' ORDER BY key"):
-            out[key[6:]] = json.loads(value)
+        with self._reading():
+            for key, value in self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'suite:%' ORDER BY key"):
+                out[key[6:]] = json.loads(value)
         return out
 
     # -- writing
     def record_suite(self, name: str, description: str = "", notes: str = "", runs: int = 0) -> None:
         """Remember that suite ``name`` was run here (reports list it)."""
         value = json.dumps({"description": description, "notes": notes, "runs": runs}, sort_keys=True)
-        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"suite:{name}", value))
+        with self._writing():
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"suite:{name}", value))
 
     def put(self, result) -> bool:
         """Write a completed run and its traces in one transaction.
@@ -207,16 +274,18 @@ class Store:
                   _finite(m.get("theoretical_speedup")), m.get("final_val_top1"), m.get("final_test_top1"),
                   len(rows), json.dumps(spec.to_dict(), sort_keys=True), json.dumps(d, sort_keys=True), time.time())
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cur = conn.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(values))})", values)
-            written = cur.rowcount == 1
-            if written:
-                conn.executemany("INSERT INTO traces VALUES (?, ?, ?, ?)", rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with self._writing():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = conn.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(values))})", values)
+                written = cur.rowcount == 1
+                if written:
+                    conn.executemany("INSERT INTO traces VALUES (?, ?, ?, ?)", rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:   # a failed COMMIT may already have ended it
+                    conn.execute("ROLLBACK")
+                raise
         return written
 
 

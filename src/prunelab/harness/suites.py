@@ -161,11 +161,16 @@ def get_suite(name: str, dataset: str | None = None) -> Suite:
     return suite
 
 
+def is_suite_file(name_or_path: str) -> bool:
+    """Whether :func:`resolve` reads ``name_or_path`` as a file (a suite suffix, a ``/``, or it exists)."""
+    path = Path(name_or_path)
+    return path.suffix.lower() in (".toml", ".json", ".yaml", ".yml") or path.exists() or "/" in name_or_path
+
+
 def resolve(name_or_path: str, dataset: str | None = None) -> Suite:
     """A registered suite by name, or a suite file by path (``.toml``, ``.json``, ``.yaml``)."""
-    path = Path(name_or_path)
-    if path.suffix.lower() in (".toml", ".json", ".yaml", ".yml") or path.exists() or "/" in name_or_path:
-        return load_suite_file(path, dataset)
+    if is_suite_file(name_or_path):
+        return load_suite_file(Path(name_or_path), dataset)
     return get_suite(name_or_path, dataset)
 
 
@@ -346,11 +351,16 @@ def load_suite_file(path, dataset: str | None = None) -> Suite:
     """
     path = Path(path)
     d = _read_file(path)
+    _check_tree(d, f"suite file {path}")
     if not isinstance(d, dict):
         raise ConfigError(f"suite file {path} must hold a table/object at the top level")
-    unknown = sorted(set(d) - _FILE_KEYS)
+    if not d:   # else an empty file would silently run every default (a whole sweep)
+        raise ConfigError(f"suite file {path} is empty; write at least its dataset, models, targets and "
+                          "[[methods]] (see README, Benchmark harness)")
+    unknown = sorted((k for k in d if k not in _FILE_KEYS), key=str)   # YAML keys may be numbers
     if unknown:
-        raise ConfigError(f"suite file {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_FILE_KEYS))}")
+        shown = ", ".join(k if k.isprintable() else repr(k) for k in map(str, unknown))
+        raise ConfigError(f"suite file {path}: unknown key(s) {shown}; known: {', '.join(sorted(_FILE_KEYS))}")
     where = f"suite file {path}"
     dataset = dataset or d.get("dataset")
     if not isinstance(dataset, str):
@@ -387,11 +397,37 @@ def load_suite_file(path, dataset: str | None = None) -> Suite:
     if not entries:
         raise ConfigError(f"{where}: no methods (add [[methods]] or set baselines = true)")
     calib = d.get("calib_size")
+    runs = len(model_list) * len(seeds) * sum(len(own if own is not None else targets) for _, _, own in entries)
+    if runs > MAX_RUNS:   # the product of short lists can be huge: refuse before building it
+        raise ConfigError(f"{where}: {runs} runs (models x methods x targets x seeds), more than {MAX_RUNS}; "
+                          "split the suite into several files")
     specs = grid(dataset, model_list, entries, targets, seeds, _dict(d.get("dense", {}), "dense", where),
                  _dict(d.get("retrain", {}), "retrain", where), _dict(d.get("data_kwargs", {}), "data_kwargs", where),
                  calib)
     return Suite(name=str(d.get("name", path.stem)), specs=tuple(specs), description=str(d.get("description", "")),
                  notes=str(d.get("notes", "")))
+
+
+#: the most values (counting each use of a YAML alias) and the deepest nesting a suite file may
+#: hold, and the most runs it may describe.
+MAX_VALUES, MAX_DEPTH, MAX_RUNS = 100_000, 64, 100_000
+
+
+def _check_tree(doc, where: str) -> None:
+    """ConfigError when ``doc`` holds more than :data:`MAX_VALUES` values or nests deeper than
+    :data:`MAX_DEPTH`: YAML aliases can make a small file a huge or self-referring tree, which
+    everything after the parser would walk for ever (or until the recursion limit)."""
+    stack, count = [(doc, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            raise ConfigError(f"{where} is too large or too deeply nested (over {MAX_VALUES} values or "
+                              f"{MAX_DEPTH} levels; YAML anchors that refer to themselves?)")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def _list(value, key, where) -> list:

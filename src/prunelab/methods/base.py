@@ -102,6 +102,9 @@ class MethodContext:
     retrain_config: Any
     seed: int = 0
     log: Callable[[str], None] = print
+    #: where the run computes (None: where the models are, the CPU); the harness creates every
+    #: model of ``model_factory`` and ``dense_model`` on it already.
+    device: torch.device | None = None
 
 
 @dataclass

@@ -15,6 +15,23 @@ not a multiple of ``Δt`` the last pruning event is moved to ``end_step`` itself
 sparsity is always exactly ``s_f``. Pruned weights never come back (masks are monotone). If
 training stops before ``end_step``, the final sparsity is still enforced at the end of training
 (and a warning logged), so the method's contract (masks at the target) holds.
+
+Three ways to use the schedule:
+
+- with prunelab's loop: ``train(model, data, config, masks=Masks.ones(model),
+  callbacks=[GradualMagnitudePruning(...)])`` (any data, ``forward_fn``/``loss_fn`` as ``train``
+  takes them);
+- in your own loop, with hooks: ``gmp.attach(optimizer, model)`` once, then train as usual; every
+  ``optimizer.step()`` keeps the masks exact and prunes when the schedule says so;
+- in your own loop, explicitly: ``gmp.step(model, optimizer)`` after every ``optimizer.step()``.
+
+Example:
+    >>> gmp = GradualMagnitudePruning(final_sparsity=0.9, begin_step=0, end_step=150, frequency=10)
+    >>> handle = gmp.attach(optimizer, model)
+    >>> for step, (x, y) in zip(range(200), loader):      # the user's loop, unchanged
+    ...     loss = F.cross_entropy(model(x), y); loss.backward()
+    ...     optimizer.step(); optimizer.zero_grad(); scheduler.step()
+    >>> gmp.masks.sparsity()                                # exactly 0.9 from step 150 on
 """
 
 from __future__ import annotations
@@ -27,8 +44,11 @@ from typing import Callable
 
 import torch
 
+from torch import nn
+
 from prunelab.errors import ConfigError, MethodError
-from prunelab.core.masks import Masks
+from prunelab.core.masks import MaskHandle, Masks
+from prunelab.core.prunable import resolve_parameters
 from prunelab.training.loop import Callback, train
 from prunelab.methods import register
 from prunelab.methods.base import MethodContext, MethodOutcome, TrainingMethod, check_sparsity
@@ -60,11 +80,46 @@ def cubic_sparsity(step: int, initial: float, final: float, begin_step: int, end
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
-class GradualMagnitudePruning(Callback):
-    """A training-loop callback pruning along the cubic schedule.
+def masks_for(model: nn.Module, masks: Masks) -> Masks:
+    """``masks`` keyed by ``model``'s canonical parameter names, each on its parameter's device.
 
-    Needs the loop to hold masks (``train(..., masks=Masks.ones(model))``); the callback updates
-    those mask tensors in place, so the loop keeps applying the new masks.
+    Args:
+        model: the network (or its ``torch.compile``/DDP wrapper).
+        masks: masks naming its parameters (wrapper-prefixed names and tied aliases resolve).
+
+    Returns:
+        ``masks`` itself when already so, otherwise a new :class:`Masks` (e.g. for masks computed
+        on the CPU for a model trained on a GPU, so pruning ranks on one device).
+
+    Raises:
+        MaskError: a mask names no parameter of ``model`` or has another shape.
+
+    Example:
+        >>> masks = masks_for(model.cuda(), prunelab.prune(model, "magnitude", 0.5).to("cpu"))
+    """
+    canonical = masks.canonical(model)
+    if list(canonical) != list(masks):
+        masks = canonical   # wrapper-prefixed or tied-alias names
+    params = resolve_parameters(model, masks)
+    if any(masks[name].device != param.device for name, param in params.items()):
+        masks = Masks({name: masks[name].to(param.device) for name, param in params.items()})
+    return masks
+
+
+def _optimizers(optimizer) -> list:
+    """None, one optimizer, or a list of them (a framework may step several) as a list."""
+    if optimizer is None:
+        return []
+    return list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+
+
+class GradualMagnitudePruning(Callback):
+    """Pruning along the cubic schedule: a training-loop callback, or step hooks for your own loop.
+
+    As a callback it needs the loop to hold masks (``train(..., masks=Masks.ones(model))``); it
+    updates those mask tensors in place, so the loop keeps applying the new masks. In your own
+    loop use :meth:`attach` (optimizer hooks) or call :meth:`step` after every optimizer step;
+    the masks are then :attr:`masks`.
 
     Args:
         final_sparsity: s_f, fraction of the prunable weights pruned at the end.
@@ -77,6 +132,8 @@ class GradualMagnitudePruning(Callback):
 
     Attributes:
         events: one dict per pruning event: ``step``, ``target`` (s_t), ``sparsity`` reached.
+        masks: the masks of your own loop (:meth:`attach`/:meth:`step`); None until then.
+        steps_done: optimizer steps seen by :meth:`attach`'s hook or :meth:`step`.
     """
 
     def __init__(self, final_sparsity: float, initial_sparsity: float = 0.0, begin_step: int = 0,
@@ -96,6 +153,8 @@ class GradualMagnitudePruning(Callback):
         self.pruner = MagnitudePruning(scope=scope)
         self.log = log or (lambda message: None)
         self.events: list[dict] = []
+        self.masks: Masks | None = None
+        self.steps_done = 0
 
     def is_event(self, step: int) -> bool:
         """Whether the schedule prunes after ``step`` optimizer steps."""
@@ -131,13 +190,124 @@ class GradualMagnitudePruning(Callback):
 
     @torch.no_grad()
     def _prune(self, state, step: int) -> None:
+        self._prune_now(state.model, state.optimizer, state.masks, step)
+
+    @torch.no_grad()
+    def _prune_now(self, model: nn.Module, optimizer, masks: Masks, step: int) -> None:
         target = self.target(step)
-        masks: Masks = state.masks
-        new = self.pruner.prune(state.model, masks, target)
+        new = self.pruner.prune(model, masks, target)
         masks.update_(new)
-        masks.apply(state.model)
-        masks.mask_optimizer_state(state.optimizer, state.model)
+        masks.apply(model)
+        for opt in _optimizers(optimizer):
+            masks.mask_optimizer_state(opt, model)
         self.events.append({"step": step, "target": target, "sparsity": masks.sparsity()})
+
+    # -- your own loop ------------------------------------------------------------------------
+    @torch.no_grad()
+    def start(self, model: nn.Module, optimizer=None, masks: Masks | None = None, **prunable_kwargs) -> Masks:
+        """Take the masks of your own loop and prune when :attr:`steps_done` is an event.
+
+        :meth:`attach` and :meth:`step` call it; call it yourself to start at a step other than 0
+        (set :attr:`steps_done` first) or to prune at step 0 before the first optimizer step.
+        Only the first call does anything.
+
+        Args:
+            model: the network (or its wrapper).
+            optimizer: its optimizer, a list of optimizers, or None.
+            masks, **prunable_kwargs: as in :meth:`attach`.
+
+        Returns:
+            :attr:`masks`: canonical names, each mask on its parameter's device (:func:`masks_for`).
+
+        Example:
+            >>> gmp.steps_done = 300                   # resuming: the schedule goes on from step 300
+            >>> gmp.start(model, optimizer)            # prunes now when step 300 is an event
+        """
+        if self.masks is None:
+            self.masks = masks_for(model, masks if masks is not None else Masks.ones(model, **prunable_kwargs))
+            if self.is_event(self.steps_done):
+                self._prune_now(model, optimizer, self.masks, self.steps_done)
+        return self.masks
+
+    def attach(self, optimizer: torch.optim.Optimizer, model: nn.Module, masks: Masks | None = None,
+               **prunable_kwargs) -> MaskHandle:
+        """Run the schedule inside your own loop through optimizer hooks.
+
+        The masks (``masks``, or every prunable weight kept) are kept exact through every
+        ``optimizer.step()`` (:meth:`prunelab.core.masks.Masks.attach`: gradients zeroed at
+        pruned entries before the step, masks re-applied and optimizer state zeroed after it),
+        and after each step the schedule prunes when :meth:`is_event` says so; at ``end_step``
+        exactly ``round(final_sparsity · n)`` of the ``n`` prunable weights are pruned. Works
+        with any optimizer, LR scheduler, data and loss.
+
+        Args:
+            optimizer: the optimizer updating ``model``.
+            model: the network (or its ``torch.compile``/DDP wrapper).
+            masks: masks to start from (default ``Masks.ones(model, **prunable_kwargs)``).
+            **prunable_kwargs: which weights are prunable (``exclude=...``, ``rule=...``; see
+                :func:`prunelab.core.prunable.prunable_parameters`).
+
+        Returns:
+            A :class:`~prunelab.core.masks.MaskHandle`; ``handle.remove()`` stops pruning and
+            enforcing (call :meth:`finish` first to force the final sparsity).
+
+        Example:
+            >>> gmp = GradualMagnitudePruning(0.9, begin_step=0, end_step=150, frequency=10)
+            >>> handle = gmp.attach(optimizer, model)
+            >>> ...                                   # train; gmp.masks is the current mask
+        """
+        masks = self.start(model, optimizer, masks, **prunable_kwargs)
+        enforce = masks.attach(optimizer, model)
+
+        def after_step(_optimizer, _args, _kwargs):
+            self.steps_done += 1
+            if self.is_event(self.steps_done):
+                self._prune_now(model, optimizer, masks, self.steps_done)
+
+        return MaskHandle([enforce, optimizer.register_step_post_hook(after_step)])
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+             masks: Masks | None = None, **prunable_kwargs) -> bool:
+        """Call after every ``optimizer.step()`` of your own loop (instead of :meth:`attach`).
+
+        Re-applies the masks (pruned weights stay exactly zero), zeroes the optimizer state at
+        pruned entries (when ``optimizer`` is given), counts the step and prunes when the
+        schedule says so. The first call creates the masks (``masks`` or every prunable weight).
+
+        Args:
+            model: the network.
+            optimizer: its optimizer or a list of optimizers (momentum and Adam moments are zeroed
+                at pruned entries).
+            masks, **prunable_kwargs: as in :meth:`attach` (first call only).
+
+        Returns:
+            True when this step was a pruning event.
+        """
+        masks = self.start(model, optimizer, masks, **prunable_kwargs)
+        masks.apply(model)
+        for opt in _optimizers(optimizer):
+            masks.mask_optimizer_state(opt, model)
+        self.steps_done += 1
+        if self.is_event(self.steps_done):
+            self._prune_now(model, optimizer, masks, self.steps_done)
+            return True
+        return False
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Masks:
+        """Force the final sparsity if your loop stopped before ``end_step``; returns the masks.
+
+        Raises:
+            MethodError: neither :meth:`attach` nor :meth:`step` was called.
+        """
+        if self.masks is None:
+            raise MethodError("finish() needs masks: call gmp.attach(optimizer, model) or gmp.step(model) first")
+        if self.masks.sparsity() < self.final - 0.5 / max(1, self.masks.total()):
+            self.log(f"warning: the loop stopped at step {self.steps_done}, before the schedule's end step "
+                     f"{self.end_step}; pruning to the final sparsity {self.final} now")
+            self._prune_now(model, optimizer, self.masks, self.end_step)
+        return self.masks
 
 
 class _BestAtFinal(Callback):

@@ -25,7 +25,8 @@ import torch
 
 from prunelab.errors import ConfigError
 from prunelab.methods.layerwise.driver import as_layer_names, default_layers, keep_count, top_k_mask
-from prunelab.core.masks import Masks
+from prunelab.core.masks import Masks, resolve_parameters
+from prunelab.core.prunable import unwrap
 from prunelab.methods import register
 from prunelab.methods.base import OneShotMethod, check_sparsity
 
@@ -43,14 +44,15 @@ def histogram_threshold(magnitudes: torch.Tensor, sparsity: float, bins: int = 1
         ``|w| <`` it are pruned.
     """
     values = magnitudes.detach().reshape(-1).to(torch.float64)
+    device = values.device   # a CUDA model's histogram is counted on the GPU
     lo, hi = float(values.min()), float(values.max())
     if lo == hi:  # numpy.histogram widens a degenerate range to [v - 0.5, v + 0.5]
         lo, hi = lo - 0.5, hi + 0.5
-    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64, device=device)
     index = torch.bucketize(values, edges[1:-1], right=True)
     cumulative = torch.bincount(index, minlength=bins).cumsum(0)
     first = int(torch.searchsorted(cumulative.to(torch.float64),
-                                   torch.tensor([sparsity * values.numel()], dtype=torch.float64)))
+                                   torch.tensor([sparsity * values.numel()], dtype=torch.float64, device=device)))
     return float(edges[min(first, bins - 1)])
 
 
@@ -92,24 +94,26 @@ class HardThreshold(OneShotMethod):
         sparsity = check_sparsity(sparsity)
         masks = Masks.ones(model) if masks is None else masks
         masks.validate(model)
-        params = dict(model.named_parameters())
+        # by the masks' names, which may carry wrapper prefixes or name a tied alias
+        params = resolve_parameters(model, masks)
         names = list(masks)
-        chosen = default_layers(model, names, hp.include_last) if hp.layers is None else list(hp.layers)
+        chosen = default_layers(unwrap(model), names, hp.include_last) if hp.layers is None else list(hp.layers)
         unknown = [n for n in chosen if n not in masks]
         if unknown or not chosen:
             raise ConfigError(f"hard-threshold: layers {unknown or chosen} cannot be pruned; "
                               f"choose among {names}")
-        new = {n: masks[n].clone() for n in names}
+        new = {n: masks[n].to(params[n].device).clone() for n in names}
         self.last_info = []
         for name in chosen:
-            weight = params[name].detach() * masks[name]
+            mask = masks[name].to(params[name].device)
+            weight = params[name].detach() * mask
             if hp.exact:
-                n_keep = keep_count(weight.numel(), int(masks[name].sum()), sparsity)
-                new[name] = top_k_mask(weight.abs(), masks[name], n_keep)
+                n_keep = keep_count(weight.numel(), int(mask.sum()), sparsity)
+                new[name] = top_k_mask(weight.abs(), mask, n_keep).to(mask.device)
                 threshold = None
             else:
                 threshold = histogram_threshold(weight.abs(), sparsity, hp.bins)
-                new[name] = masks[name] & (weight.abs().double() >= threshold)
+                new[name] = mask & (weight.abs().double() >= threshold)
             self.last_info.append({"layer": name, "threshold": threshold,
                                    "sparsity": 1.0 - new[name].float().mean().item()})
         result = Masks(new)

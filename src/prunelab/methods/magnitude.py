@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import ConfigError, MaskError
-from prunelab.core.masks import Masks, prunable_parameters
+from prunelab.core.masks import Masks, prunable_parameters, resolve_parameters
 from prunelab.methods import register
 from prunelab.methods.base import OneShotMethod, check_sparsity
 
@@ -40,14 +40,17 @@ SAMPLE = 1 << 16
 class _Magnitudes:
     """|score| of every entry of several tensors, computed chunk by chunk into one reused buffer.
 
-    Entries already pruned (``keep`` False) read as -1, so they rank first.
+    Entries already pruned (``keep`` False) read as -1, so they rank first. Everything lives on
+    the first score's device (a CUDA model's masks are selected on the GPU; scores on other
+    devices are moved there).
     """
 
     def __init__(self, scores: list[torch.Tensor], keep: list[torch.Tensor] | None):
-        self.flat = [s.detach().reshape(-1) for s in scores]
-        self.keep = None if keep is None else [m.reshape(-1) for m in keep]
+        self.device = scores[0].device if scores else torch.device("cpu")
+        self.flat = [s.detach().reshape(-1).to(self.device) for s in scores]
+        self.keep = None if keep is None else [m.reshape(-1).to(self.device) for m in keep]
         self.total = sum(f.numel() for f in self.flat)
-        self._buf = torch.empty(min(CHUNK, max(1, self.total)), dtype=torch.float32)
+        self._buf = torch.empty(min(CHUNK, max(1, self.total)), dtype=torch.float32, device=self.device)
 
     def _abs(self, values: torch.Tensor, out: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         out.copy_(values)
@@ -70,7 +73,7 @@ class _Magnitudes:
         for i, f in enumerate(self.flat):
             view = f[::stride]
             keep = None if self.keep is None else self.keep[i][::stride]
-            parts.append(self._abs(view, torch.empty(view.numel(), dtype=torch.float32), keep))
+            parts.append(self._abs(view, torch.empty(view.numel(), dtype=torch.float32, device=self.device), keep))
         return torch.cat(parts)
 
 
@@ -124,7 +127,7 @@ def select_smallest(scores: list[torch.Tensor], keep: list[torch.Tensor] | None,
         k: total number of entries pruned afterwards.
 
     Returns:
-        One bool tensor per score tensor (``True`` = kept). Ties at the threshold are pruned in
+        One bool tensor per score tensor (``True`` = kept), on that tensor's device. Ties at the threshold are pruned in
         order (earlier tensor, then row-major), so the count is exact and deterministic.
 
     Cost: two passes over the scores in memory (find the threshold, write the masks); the other
@@ -148,11 +151,11 @@ def _select(scores: list[torch.Tensor], keep: list[torch.Tensor] | None, k: int)
     # hand-offs cost more than they save, and on a busy machine a descheduled worker made every
     # one of them wait (measured: 100x slower under load with 2 threads).
     mags = _Magnitudes(scores, keep)
-    kept = [torch.ones(f.numel(), dtype=torch.bool) for f in mags.flat]
+    kept = [torch.ones(f.numel(), dtype=torch.bool, device=f.device) for f in mags.flat]
     if k == 0:
         if any(bool(torch.isnan(f).any()) for f in mags.flat if f.is_floating_point()):
             raise ConfigError("cannot rank the scores: they contain NaN")
-        return [m.view(s.shape) for m, s in zip(kept, scores)]
+        return [m.view(s.shape).to(s.device) for m, s in zip(kept, scores)]
     threshold, below, n_equal = _kth_smallest(mags, k)
     remaining = k - below  # how many of the values equal to the threshold to prune, >= 1
     partial_tie = remaining < n_equal
@@ -165,7 +168,7 @@ def _select(scores: list[torch.Tensor], keep: list[torch.Tensor] | None, k: int)
             n_prune = min(remaining, equal.numel())
             remaining -= n_prune
             out[equal[n_prune:]] = True
-    return [m.view(s.shape) for m, s in zip(kept, scores)]
+    return [m.view(s.shape).to(s.device) for m, s in zip(kept, scores)]
 
 
 @dataclass(frozen=True)
@@ -185,11 +188,12 @@ class MagnitudeHparams:
 
 
 def _current(model: nn.Module, masks: Masks | None) -> tuple[dict[str, torch.Tensor], Masks | None]:
+    """The weights to prune (by the masks' names, which may be wrapper-prefixed or tied aliases;
+    by canonical name without masks) and the masks."""
     if masks is None:
         return prunable_parameters(model), None
     masks.validate(model)
-    params = dict(model.named_parameters())
-    return {n: params[n] for n in masks}, masks
+    return resolve_parameters(model, masks), masks
 
 
 def _prune_by_scores(model, masks, sparsity, scope, scores: dict[str, torch.Tensor]) -> Masks:
@@ -213,10 +217,10 @@ def _prune_by_scores(model, masks, sparsity, scope, scores: dict[str, torch.Tens
                 k = max(k, m.numel() - int(m.sum()))
             kept.extend(select_smallest([scores[n]], None if m is None else [m], k))
     new = Masks(dict(zip(names, kept)))
-    params = dict(model.named_parameters())
+    params = resolve_parameters(model, names)
     with torch.no_grad():
         for n, keep in new.items():
-            params[n].masked_fill_(~keep, 0.0)
+            params[n].masked_fill_(~keep.to(params[n].device), 0.0)
     return new
 
 
@@ -263,5 +267,6 @@ class RandomPruning(OneShotMethod):
     def prune(self, model, masks=None, sparsity=0.5, calib=None) -> Masks:
         params, masks = _current(model, masks)
         generator = torch.Generator().manual_seed(self.hparams.seed)
-        scores = {n: torch.rand(p.shape, generator=generator) for n, p in params.items()}
+        # Drawn on the CPU (the same masks on every device for a seed), ranked on the weights' device.
+        scores = {n: torch.rand(p.shape, generator=generator).to(p.device) for n, p in params.items()}
         return _prune_by_scores(model, masks, sparsity, self.hparams.scope, scores)

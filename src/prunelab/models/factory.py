@@ -10,14 +10,17 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import math
 import operator
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from prunelab.errors import ModelError
 from prunelab.models.layers import dry_forward
 from prunelab.utils import Registry, plain_json
+from prunelab.utils.memory import check_fits, is_out_of_memory
 
 Factory = Callable[..., nn.Module]
 
@@ -99,8 +102,8 @@ def create(name: str, in_shape, num_classes: int, **kwargs) -> nn.Module:
         The model in training mode, with ``model.prunelab_config`` set.
 
     Raises:
-        ModelError: unknown name or option, a bad option value, or an input shape the model
-            cannot take.
+        ModelError: unknown name or option, a bad option value, an input shape the model
+            cannot take, or a model that does not fit in the memory available.
     """
     if "kwargs" in kwargs:
         nested = kwargs.pop("kwargs")
@@ -115,12 +118,17 @@ def create(name: str, in_shape, num_classes: int, **kwargs) -> nn.Module:
     shape = _check_in_shape(key, in_shape)
     classes = _check_num_classes(key, num_classes)
     options = _resolve_options(key, factory, kwargs)
+    _check_fits(key, factory, shape, classes, options)
     try:
         model = factory(shape, classes, **options)
     except ModelError as err:
         raise ModelError(f"model {key!r}: {err}") from err
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ModelError(f"model {key!r} could not be built with {plain_json(options)}: {err}") from err
+    except (TypeError, ValueError, RuntimeError, MemoryError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__  # torch adds a C++ trace
+        if is_out_of_memory(err):
+            raise ModelError(f"model {key!r} with {plain_json(options)} does not fit in memory ({reason}); "
+                             "use a smaller model (fewer or narrower layers)") from err
+        raise ModelError(f"model {key!r} could not be built with {plain_json(options)}: {reason}") from err
     out = dry_forward(model, shape, f"model {key!r}")
     if tuple(out.shape) != (1, classes):  # a bug in a factory, not in the user's input
         raise ModelError(f"model {key!r} returned shape {tuple(out.shape)}, expected (1, {classes})")
@@ -194,6 +202,23 @@ def _check_num_classes(key: str, num_classes) -> int:
     if classes < 1:
         raise ModelError(f"model {key!r}: num_classes must be a positive integer, got {num_classes!r}")
     return classes
+
+
+def _check_fits(key: str, factory: Factory, shape: tuple[int, ...], classes: int, options: dict) -> None:
+    """ModelError when the model's tensors (and one input sample) would not fit in the memory
+    available now. Measured on a build on the meta device, which takes no memory and draws no
+    random numbers, before the real build allocates and initialises the weights: Linux grants a
+    too-large allocation and kills the process when it is written."""
+    if torch.get_default_device().type == "meta":
+        return
+    try:
+        with torch.device("meta"):
+            shell = factory(shape, classes, **options)
+    except Exception:  # the real build raises the same problem, and reports it as a ModelError
+        return
+    needed = sum(t.numel() * t.element_size() for t in (*shell.parameters(), *shell.buffers()))
+    check_fits(needed + 4 * math.prod(shape), f"model {key!r} with {plain_json(options)}", ModelError,
+               "use a smaller model (fewer or narrower layers) or free some memory")
 
 
 def _resolve_options(key: str, factory: Factory, kwargs: dict) -> dict[str, Any]:

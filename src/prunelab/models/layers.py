@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import ModelError
+from prunelab.utils.memory import is_out_of_memory
 
 
 def dry_forward(module: nn.Module, in_shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -28,9 +29,13 @@ def dry_forward(module: nn.Module, in_shape: tuple[int, ...], what: str) -> torc
     try:
         with torch.no_grad():
             out = module(torch.zeros(1, *in_shape))
-    except RuntimeError as err:
+    except (RuntimeError, MemoryError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__  # torch adds a C++ trace
+        if is_out_of_memory(err):
+            raise ModelError(f"{what} does not fit in memory for inputs of shape {in_shape} ({reason}); "
+                             "use smaller inputs or a smaller model") from err
         raise ModelError(
-            f"{what} cannot take inputs of shape {in_shape}: {err}. Use larger inputs or fewer "
+            f"{what} cannot take inputs of shape {in_shape}: {reason}. Use larger inputs or fewer "
             "pooling stages / more padding"
         ) from err
     finally:

@@ -1,5 +1,6 @@
-"""Training: the config, the loop with callbacks, LR schedules, and multi-process training."""
+"""Training: the config, the loop with callbacks, evaluation, LR schedules, mixed precision, the
+divergence check, and multi-process training."""
 
-from prunelab.training.loop import OPTIMIZERS, SCHEDULES, Callback, TrainConfig, TrainState, evaluate, train
+from prunelab.training.loop import AMP_MODES, OPTIMIZERS, SCHEDULES, Callback, TrainConfig, TrainState, evaluate, train
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Callback", "TrainConfig", "TrainState", "evaluate", "train"]
+__all__ = ["AMP_MODES", "OPTIMIZERS", "SCHEDULES", "Callback", "TrainConfig", "TrainState", "evaluate", "train"]

@@ -4,28 +4,52 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import update_bn
+
+from prunelab.training.batches import ForwardFn, as_calibration
 
 
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> bool:
-    """Re-estimate every batch-norm layer's running statistics on inputs ``x``.
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, calib, batch_size: int = 250, forward_fn: ForwardFn | None = None) -> bool:
+    """Re-estimate every batch-norm layer's running statistics on calibration data.
 
     The running mean and variance a network learned belong to its weights; after pruning or
-    interpolating they are stale. They are recomputed as exact averages over ``x`` (momentum None)
-    in training mode without gradients, by :func:`torch.optim.swa_utils.update_bn`, which restores
-    each layer's momentum and the model's mode afterwards.
+    interpolating they are stale. They are reset and recomputed as exact averages over the
+    calibration batches (momentum None) in training mode without gradients, as
+    :func:`torch.optim.swa_utils.update_bn` does, which also restores each layer's momentum and
+    the model's mode afterwards; the batches go to the model's device.
 
     Args:
         model: the network (changed in place).
-        x: calibration inputs (a few thousand training samples).
-        batch_size: forward batch size.
+        calib: calibration data, anything ``prunelab.training.batches.as_calibration`` takes (a
+            tensor of inputs, a ``Split``, an ``(x, y)`` pair, a ``DataLoader``, ...; a few
+            thousand training samples).
+        batch_size: forward batch size for in-memory tensors.
+        forward_fn: ``forward_fn(model, inputs)`` (default ``model(x)``, ``model(**inputs)``).
 
     Returns:
-        True if the model has batch-norm layers (and they were re-estimated).
+        True if the model has batch-norm layers and there was data (and they were re-estimated).
+
+    Example:
+        >>> recalibrate_batchnorm(model, data.train.x[:2000])
+        True
     """
-    has_norms = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if not has_norms or len(x) == 0:
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or (isinstance(calib, torch.Tensor) and len(calib) == 0):
         return False
-    device = next(model.parameters()).device
-    update_bn((x[start:start + batch_size] for start in range(0, len(x), batch_size)), model, device=device)
+    calibration = as_calibration(calib, forward_fn, batch_size=batch_size)
+    momenta = {}
+    for module in norms:
+        module.reset_running_stats()
+        momenta[module] = module.momentum
+    was_training = model.training
+    model.train()
+    for module in norms:
+        module.momentum = None
+    try:
+        for inputs in calibration.batches:
+            calibration.forward(model, inputs)
+    finally:
+        for module, momentum in momenta.items():
+            module.momentum = momentum
+        model.train(was_training)
     return True

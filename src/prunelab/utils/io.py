@@ -1,8 +1,9 @@
 """Atomic file writes and plain JSON.
 
-Every file prunelab writes goes to a temporary name beside its target and is renamed over it only
-when complete, so a crash or a kill never leaves a half-written file and never destroys what was
-there before.
+Every file prunelab writes goes to a temporary name beside its target (``.NAME.PID.tmp``) and is
+renamed over it only when complete, so a crash or a kill never leaves a half-written file and never
+destroys what was there before. A write that fails (disk full, no permission) raises a one-line
+:class:`~prunelab.errors.StorageError` and removes its temporary file.
 """
 
 from __future__ import annotations
@@ -11,8 +12,35 @@ import contextlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
+
+from prunelab.errors import PrunelabError, StorageError
+
+# Writers in native code (safetensors) report an OS failure in their own exception type, with the
+# Rust form of the OS message inside: "No space left on device (os error 28)".
+_NATIVE_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def storage_error(path: str | os.PathLike, exc: BaseException, code: int | None = None) -> StorageError:
+    """The one-line :class:`StorageError` for a failed write of ``path``.
+
+    Args:
+        path: the file that could not be written.
+        exc: the failure (an ``OSError``, or a native writer's error).
+        code: its ``errno`` when ``exc`` carries none.
+
+    Returns:
+        The error (``errno`` set), saying whether a previous file at ``path`` is still there.
+    """
+    path = Path(path)
+    code = getattr(exc, "errno", None) if code is None else code
+    reason = os.strerror(code) if code else " ".join(str(exc).split())
+    before = "the previous file is unchanged" if path.exists() else "nothing was written"
+    error = StorageError(f"cannot write {path}: {reason}; {before}; free some space or write elsewhere")
+    error.errno = code
+    return error
 
 
 @contextlib.contextmanager
@@ -23,20 +51,33 @@ def atomic_path(path: str | os.PathLike, mkdir: bool = False) -> Iterator[Path]:
         path: the final file.
         mkdir: create the parent directories first.
 
+    Raises:
+        StorageError: the directory, the temporary file or the rename failed (disk full, no
+            permission...); ``path`` is as it was and the temporary file is removed.
+
     Example:
         >>> with atomic_path("model.safetensors") as tmp:   # doctest: +SKIP
         ...     save_file(tensors, str(tmp))
     """
     path = Path(path)
-    if mkdir:
-        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        if mkdir:
+            path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except PrunelabError:
+        raise
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
+    except Exception as exc:
+        native = _NATIVE_OS_ERROR.search(str(exc))
+        if native is None:
+            raise
+        raise storage_error(path, exc, int(native.group(1))) from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mkdir: bool = False) -> Path:

@@ -7,6 +7,23 @@ weights. Sparsity is not set directly: it follows from (c, μ) and the training 
 (ℓ_n = c γ^{1/2} (nγ)^μ grows without bound), so a requested target is only reached
 approximately, through :func:`search_c` (the authors' README: "first fix μ, then search c in a short
 run").
+
+gRDA is an optimizer, so in your own training loop (any model, data and loss) it replaces SGD;
+nothing else changes. :func:`~prunelab.methods.grda.optim.grda_param_groups` thresholds the
+prunable weights (biases and norm parameters train as plain SGD), and the zeros it makes are the
+masks:
+
+Example:
+    >>> from prunelab.methods.grda import GRDA, grda_param_groups
+    >>> optimizer = GRDA(grda_param_groups(model, lr=0.05, c=0.005, mu=0.55), lr=0.05, c=0.005, mu=0.55)
+    >>> scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    >>> for batch in loader:                       # the user's loop
+    ...     loss = loss_fn(model(**batch), batch); loss.backward()
+    ...     optimizer.step(); optimizer.zero_grad(); scheduler.step()
+    >>> masks = prunelab.Masks.from_nonzero(model)  # the weights gRDA set exactly to zero
+
+Build the optimizer after the model is on its device and its weights are loaded (the accumulator
+starts at the weights), and use no weight decay or momentum elsewhere (gRDA has none).
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ from prunelab.errors import ConfigError
 from prunelab.core.masks import Masks, prunable_parameters
 from prunelab.methods.grda.optim import GRDA, grda_param_groups
 from prunelab.training.loop import Callback, TrainConfig, lr_factor_fn, train
+from prunelab.training.sources import batch_source
 from prunelab.methods import register
 from prunelab.methods.base import MethodContext, MethodOutcome, TrainingMethod, check_sparsity
 
@@ -96,8 +114,9 @@ class _SparsityTrace(Callback):
         record.update(zero_fractions(state.model))
         self.records.append(record)
         if self.log is not None:
+            top1 = record.get("val_top1")
             self.log(f"grda epoch {record['epoch']}: sparsity {record['sparsity']:.4f} "
-                     f"(all {record['sparsity_all']:.4f}) val_top1 {record.get('val_top1', float('nan')):.4f}")
+                     f"(all {record['sparsity_all']:.4f}) val_top1 {float('nan') if top1 is None else top1:.4f}")
 
 
 def _schedule_fn(schedule: str, config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -110,39 +129,63 @@ def _schedule_fn(schedule: str, config: TrainConfig, steps_per_epoch: int) -> Ca
 
 def train_grda(model: nn.Module, data, config: TrainConfig, c: float, mu: float,
                schedule: str = "cifar", threshold_all: bool = False,
-               log: Callable[[str], None] | None = None) -> tuple[list[dict], GRDA]:
+               log: Callable[[str], None] | None = None, *, val=None, forward_fn=None,
+               loss_fn=None) -> tuple[list[dict], GRDA]:
     """Train ``model`` in place with gRDA (lr, epochs, batch size and seed from ``config``).
 
     Args:
-        model: the network, at its initialisation.
-        data: a ``Dataset`` (validation metrics recorded) or a ``Split``.
+        model: the network, at its initialisation (on its device: the accumulators start there).
+        data: a ``Dataset`` (validation metrics recorded), a ``Split``, or any data
+            :func:`prunelab.training.loop.train` takes (a ``DataLoader`` of ``(x, y)`` or of dicts
+            of token ids, ...).
         config: the budget; its optimizer, momentum and weight decay are ignored (gRDA has none).
         c: threshold scale.
         mu: time exponent.
         schedule: ``"cifar"`` (:func:`cifar_lr_factor`), ``"constant"``, or ``"config"``
-            (``config.schedule``).
+            (``config.schedule``). The first and most of the last need the steps per epoch, so
+            data without a ``len()`` need ``"constant"``.
         threshold_all: threshold biases and norm parameters too (the official behaviour).
         log: progress lines.
+        val: validation data recorded per epoch (default: a ``Dataset``'s validation split).
+        forward_fn: ``forward_fn(model, batch) -> output``, as :func:`~prunelab.training.loop.train`.
+        loss_fn: ``loss_fn(output, batch) -> scalar``, as :func:`~prunelab.training.loop.train`.
 
     Returns:
         ``(per-epoch records, optimizer)``.
+
+    Raises:
+        ConfigError: an unknown schedule, or one needing the steps per epoch for data without a
+            length.
+
+    Example:
+        >>> records, optimizer = train_grda(gpt2, loader, TrainConfig(epochs=1, lr=0.05), c=0.005,
+        ...                                 mu=0.55, schedule="constant", loss_fn=lm_loss)
+        >>> records[-1]["sparsity"]        # exact zeros among the prunable weights
     """
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown gRDA schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     optimizer = GRDA(grda_param_groups(model, config.lr, c, mu, threshold_all=threshold_all),
                      lr=config.lr, c=c, mu=mu)
-    train_split = data.train if hasattr(data, "train") else data
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    train_data = data.train if hasattr(data, "train") else data
+    steps_per_epoch = batch_source(train_data, config.batch_size, config.seed, config.epochs).steps_per_epoch
+    if steps_per_epoch is None:
+        if schedule != "constant" and not (schedule == "config" and config.schedule in ("constant", "inverse")):
+            raise ConfigError(f"the gRDA schedule {schedule!r} needs the steps per epoch, but the training data "
+                              "have no len(); use schedule='constant' or data with a length (a DataLoader "
+                              "over a map-style dataset, a list of batches)")
+        steps_per_epoch = 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule_fn(schedule, config, steps_per_epoch))
     trace = _SparsityTrace(log)
-    train(model, data, config, optimizer=optimizer, scheduler=scheduler, callbacks=[trace], label="grda")
+    train(model, data, config, optimizer=optimizer, scheduler=scheduler, callbacks=[trace], label="grda",
+          val=val, forward_fn=forward_fn, loss_fn=loss_fn)
     return trace.records, optimizer
 
 
 def search_c(model_factory: Callable[[], nn.Module], data, mu: float, target_sparsity: float,
              config: TrainConfig | None = None, *, epochs: int = 1, c_low: float = 1e-5,
              c_high: float = 1.0, iterations: int = 8, tolerance: float = 0.01, schedule: str = "constant",
-             threshold_all: bool = False, log: Callable[[str], None] | None = None) -> dict:
+             threshold_all: bool = False, log: Callable[[str], None] | None = None,
+             forward_fn=None, loss_fn=None) -> dict:
     """Bisect c on a log scale so that a short gRDA run reaches ``target_sparsity``.
 
     Follows the official README's advice (fix μ, tune c in a run of 1 to 5 epochs). Each trial
@@ -155,7 +198,7 @@ def search_c(model_factory: Callable[[], nn.Module], data, mu: float, target_spa
 
     Args:
         model_factory: returns a fresh model at its (seeded) initialisation.
-        data: a ``Dataset`` or ``Split``.
+        data: a ``Dataset``, a ``Split`` or any data :func:`train_grda` takes.
         mu: the fixed time exponent.
         target_sparsity: the wanted fraction of zero prunable weights, in [0, 1).
         config: lr, batch size and seed of the short runs (default: ``TrainConfig()``, lr 0.1).
@@ -167,6 +210,7 @@ def search_c(model_factory: Callable[[], nn.Module], data, mu: float, target_spa
         schedule: lr schedule of the trials (as in :func:`train_grda`).
         threshold_all: as in :func:`train_grda`.
         log: progress lines.
+        forward_fn, loss_fn: as in :func:`train_grda`.
 
     Returns:
         ``{"c", "sparsity", "trials": [{"c", "sparsity", "sparsity_all", "val_top1"}...]}``: the
@@ -183,7 +227,8 @@ def search_c(model_factory: Callable[[], nn.Module], data, mu: float, target_spa
     for _ in range(iterations):
         c = math.exp((lo + hi) / 2)
         model = model_factory()
-        records, _ = train_grda(model, data, config, c, mu, schedule=schedule, threshold_all=threshold_all)
+        records, _ = train_grda(model, data, config, c, mu, schedule=schedule, threshold_all=threshold_all,
+                                forward_fn=forward_fn, loss_fn=loss_fn)
         last = records[-1] if records else {**zero_fractions(model)}
         trial = {"c": c, "sparsity": last["sparsity"], "sparsity_all": last["sparsity_all"],
                  "val_top1": last.get("val_top1")}

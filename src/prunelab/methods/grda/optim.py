@@ -206,13 +206,14 @@ def grda_param_groups(model: nn.Module, lr: float, c: float, mu: float,
     from prunelab.core.masks import prunable_parameters
 
     _check_hparams(lr, c, mu, "grda_param_groups")
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if threshold_all:
-        chosen = {n for n, _ in trainable}
+        chosen = {id(p) for p in trainable}
     else:
-        chosen = set(prunable_parameters(model, **prunable_kwargs))
-    thresholded = [p for n, p in trainable if n in chosen]
-    plain = [p for n, p in trainable if n not in chosen]
+        # By identity: the prunable names are the unwrapped model's (no torch.compile/DDP prefix).
+        chosen = {id(p) for p in prunable_parameters(model, **prunable_kwargs).values()}
+    thresholded = [p for p in trainable if id(p) in chosen]
+    plain = [p for p in trainable if id(p) not in chosen]
     groups = []
     if thresholded:
         groups.append({"params": thresholded, "lr": lr, "c": c, "mu": mu, "name": "thresholded"})

@@ -16,9 +16,10 @@ from torch import nn
 from prunelab.training import distributed as _dist
 from prunelab.errors import ConfigError, MethodError
 from prunelab.utils.io import plain_json
-from prunelab.core.masks import Masks
+from prunelab.core.masks import Masks, resolve_parameters
 from prunelab.core.pqi import gini_index_model, grid_to_lists, pq_index_grid_model, pq_index_model
 from prunelab.training.loop import Callback, TrainConfig, evaluate, train
+from prunelab.training.sources import batch_source
 from prunelab.methods.base import MethodOutcome
 from prunelab.methods.iterative.allocation import _cap_to
 from prunelab.methods.iterative.schedules import SCHEDULES, IterativeHparams, paper_train_config
@@ -68,12 +69,21 @@ def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _scores(model: nn.Module, data, batch_size: int) -> dict:
+def _has_data(part) -> bool:
+    if part is None:
+        return False
+    try:
+        return len(part) > 0
+    except TypeError:   # an iterable without a length
+        return True
+
+
+def _scores(model: nn.Module, parts: dict, batch_size: int, forward_fn=None, loss_fn=None) -> dict:
     out = {}
     for split in ("val", "test"):
-        part = getattr(data, split, None)
-        if part is not None and len(part):
-            r = evaluate(model, part, batch_size)
+        part = parts.get(split)
+        if _has_data(part):
+            r = evaluate(model, part, batch_size, forward_fn=forward_fn, loss_fn=loss_fn)
             out[split] = {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"]}
     return out
 
@@ -117,6 +127,10 @@ def iterate(
     on_round: Callable[[dict, nn.Module, Masks], None] | None = None,
     checkpoint_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    val=None,
+    test=None,
+    forward_fn=None,
+    loss_fn=None,
     **hparam_fields,
 ) -> IterativeResult:
     """Run an iterative pruning schedule: train → prune → rewind → retrain, T rounds.
@@ -124,7 +138,9 @@ def iterate(
     Args:
         model: the network at initialisation (its current state is θ_0), or a function
             returning one.
-        data: a ``prunelab.data.Dataset`` (train, val, test splits).
+        data: a ``prunelab.data.Dataset`` (train, val, test splits), or the training data alone
+            in any form :func:`prunelab.training.loop.train` takes (a ``Split``, a ``DataLoader``
+            of ``(x, y)`` or of dicts of token ids, ...; then ``val``/``test`` are given apart).
         schedule: ``"os"``, ``"lt"`` or ``"sap"``.
         rounds: T, pruning rounds (overrides ``hparams.rounds``).
         epochs: epochs per round (overrides ``hparams.epochs``); required unless a config is given.
@@ -141,6 +157,10 @@ def iterate(
             weights, masks, the round's record as metrics). Under ``torchrun``, rank 0 alone
             creates the directory and writes.
         log: receives one progress line per round.
+        val: validation data (default: the ``Dataset``'s ``val`` split), any data ``evaluate`` takes.
+        test: test data (default: the ``Dataset``'s ``test`` split).
+        forward_fn: ``forward_fn(model, batch) -> output`` for training and evaluation (as ``train``).
+        loss_fn: ``loss_fn(output, batch) -> scalar``, the task loss (as ``train``).
         **hparam_fields: any other hyperparameter of the schedule (``rate``, ``p``, ``scope`` …).
 
     Returns:
@@ -180,7 +200,14 @@ def iterate(
         retrain_config = retrain_config.replace(epochs=hp.epochs)
     if not 0.0 <= float(target) < 1.0:
         raise ConfigError(f"target sparsity must be in [0, 1), got {target!r}")
-    if hp.select == "val" and (getattr(data, "val", None) is None or len(data.val) == 0):
+    if hasattr(data, "train") and hasattr(data, "val"):
+        train_data = data.train
+        val = data.val if val is None else val
+        test = getattr(data, "test", None) if test is None else test
+    else:
+        train_data = data
+    parts = {"val": val, "test": test}
+    if hp.select == "val" and not _has_data(val):
         raise ConfigError("select='val' needs a validation split: load the data with val_size > 0, "
                           "or use select='last'")
     if not isinstance(model, nn.Module):
@@ -191,7 +218,9 @@ def iterate(
     if masks.total() == 0:
         raise ConfigError("the model has no prunable weights")
     if hp.rewind == "k":
-        steps = math.ceil(len(data.train) / train_config.batch_size) * train_config.epochs
+        per_epoch = batch_source(train_data, train_config.batch_size, train_config.seed,
+                                 train_config.epochs).steps_per_epoch
+        steps = math.inf if per_epoch is None else per_epoch * train_config.epochs
         if hp.rewind_step > steps:
             raise ConfigError(f"rewind_step {hp.rewind_step} is beyond round 0's {steps} steps")
         dense_model = None
@@ -218,7 +247,9 @@ def iterate(
             t0 = time.perf_counter()
             source = dense_state if rule.source == "dense" else trained_state
             model.load_state_dict(source)
-            weights = {n: p for n, p in model.named_parameters() if n in masks}
+            # by the masks' names (canonical, tied alias or wrapper-prefixed), in model order
+            resolved, rank = resolve_parameters(model, masks), {id(p): i for i, p in enumerate(model.parameters())}
+            weights = dict(sorted(resolved.items(), key=lambda item: rank[id(item[1])]))
             new, info = rule.allocate(weights, masks, hp, t)
             if target_kept is not None and new.kept() < target_kept:
                 new = _cap_to(masks, new, weights, masks.kept() - target_kept)
@@ -231,7 +262,7 @@ def iterate(
             masks.apply(model)
             seconds_prune = time.perf_counter() - t0
             t0 = time.perf_counter()
-            pruned_scores = _scores(model, data, bs)
+            pruned_scores = _scores(model, parts, bs, forward_fn, loss_fn)
             _flat_scores(rec, "pruned_", pruned_scores)
             rec["pruned_pqi"] = pq_index_model(model, masks, hp.p, hp.q, "global")["global"]
             times["eval"] += time.perf_counter() - t0
@@ -260,9 +291,10 @@ def iterate(
                 else:
                     capture = _CaptureStep(hp.rewind_step)
                     extra.append(capture)
-            state = train(model, data.train, config, masks=masks, callbacks=[*callbacks, *extra],
-                          val=data.val if len(data.val) else None, select_best=hp.select == "val",
-                          progress=False, label=f"{schedule} round {t}")
+            state = train(model, train_data, config, masks=masks, callbacks=[*callbacks, *extra],
+                          val=val if _has_data(val) else None, select_best=hp.select == "val",
+                          progress=False, label=f"{schedule} round {t}", forward_fn=forward_fn,
+                          loss_fn=loss_fn)
             if capture is not None:
                 if capture.state is None:
                     raise ConfigError(f"rewind_step {hp.rewind_step} was never reached in round 0")
@@ -272,7 +304,7 @@ def iterate(
         times["train" if t == 0 else "retrain"] += seconds_train
 
         t0 = time.perf_counter()
-        _flat_scores(rec, "", _scores(model, data, bs))
+        _flat_scores(rec, "", _scores(model, parts, bs, forward_fn, loss_fn))
         rec["pqi"] = pq_index_model(model, masks, hp.p, hp.q, "global")["global"]
         rec["pqi_layer"] = pq_index_model(model, masks, hp.p, hp.q, "layer")
         if hp.scope == "neuron":

@@ -141,16 +141,19 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
     targets = Y.to(torch.float32).clamp_min(0.0)
     n, d_in = X.shape
     d_out = targets.shape[1]
+    device = X.device
+    # A CPU generator: the same seed draws the same numbers on every device.
     gen = torch.Generator().manual_seed(seed)
     if init_weight is None:
-        w = torch.randn(d_in, d_out, generator=gen) * init_std
-        b = torch.randn(d_out, generator=gen) * init_std
+        w = (torch.randn(d_in, d_out, generator=gen) * init_std).to(device)
+        b = (torch.randn(d_out, generator=gen) * init_std).to(device)
     else:
-        w = init_weight.T.to(torch.float32).clone()
-        b = (torch.zeros(d_out) if init_bias is None else init_bias.to(torch.float32).clone())
+        w = init_weight.T.to(device=device, dtype=torch.float32).clone()
+        b = (torch.zeros(d_out, device=device) if init_bias is None
+             else init_bias.to(device=device, dtype=torch.float32).clone())
     if not use_bias:
-        b = torch.zeros(d_out)
-    keep = None if support is None else support.T.to(torch.float32).contiguous()
+        b = torch.zeros(d_out, device=device)
+    keep = None if support is None else support.T.to(device=device, dtype=torch.float32).contiguous()
     if keep is not None:
         w.mul_(keep)
     lam = tau / step
@@ -182,7 +185,7 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
             const_b = r_snap.mean(0) - grad_h_b
             prev_w, prev_b = w.clone(), b.clone()
             look_w, look_b = w.clone(), b.clone()
-            draws = torch.randint(n, (steps_per_epoch, batch), generator=gen)
+            draws = torch.randint(n, (steps_per_epoch, batch), generator=gen).to(device)
             for i in range(steps_per_epoch):
                 idx = draws[i]
                 rows = X[idx]
@@ -416,6 +419,10 @@ class Feta(OneShotMethod):
     ``prune(model, masks, sparsity, calib)`` prunes each chosen layer (default: all prunable
     layers but the last) to ``sparsity`` of its weights, rewriting surviving weights and biases.
     After the call, ``self.last_info`` holds one dict per layer (τ, rows and bytes held, seconds).
+    ``calib`` is any calibration data (a ``Split``, a tensor of inputs, an ``(x, y)`` pair, a
+    ``TensorDataset``, a ``DataLoader`` of ``(x, y)`` or of dicts of token ids, a ``Calibration``
+    with its ``forward_fn``); layers may be ``nn.Linear``, ``nn.Conv1d/2d``, HuggingFace
+    ``Conv1D`` and ``nn.MultiheadAttention`` projections (:mod:`prunelab.methods.layerwise.layers`).
     """
 
     Hparams = FetaHparams

@@ -63,9 +63,9 @@ def lobs_hessian(X: torch.Tensor, damping: float = 1e-4, bias: bool = True) -> t
     if bias:
         mean = X.mean(0, keepdim=True)
         hess = torch.cat((torch.cat((hess, mean.T), 1),
-                          torch.cat((mean, torch.ones(1, 1, dtype=X.dtype)), 1)), 0)
+                          torch.cat((mean, torch.ones(1, 1, dtype=X.dtype, device=X.device)), 1)), 0)
     if damping > 0:
-        hess = hess + damping * hess.diagonal().mean() * torch.eye(hess.shape[0], dtype=X.dtype)
+        hess = hess + damping * hess.diagonal().mean() * torch.eye(hess.shape[0], dtype=X.dtype, device=X.device)
     return hess
 
 
@@ -80,9 +80,9 @@ def _inverse(hess: torch.Tensor) -> torch.Tensor:
 def _row_quota(weight: torch.Tensor, mask: torch.Tensor, diag_inv: torch.Tensor, n_keep: int):
     """Per-row count of weights to remove: the lowest initial saliencies of the layer."""
     saliency = weight.to(torch.float64) ** 2 / (2.0 * diag_inv)
-    flat = torch.where(mask, saliency, torch.tensor(float("inf"), dtype=torch.float64)).flatten()
+    flat = torch.where(mask, saliency, torch.tensor(float("inf"), dtype=torch.float64, device=mask.device)).flatten()
     n_remove = int(mask.sum()) - n_keep
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=mask.device)
     if n_remove > 0:
         chosen[torch.sort(flat, stable=True).indices[:n_remove]] = True
     chosen = chosen.view(mask.shape)
@@ -102,7 +102,8 @@ def _sequential(weight, mask, quota, hess_inv, chunk):
     d_out, d = mask.shape
     size = hess_inv.shape[0]
     out = weight.clone()
-    removed_all = torch.zeros(d_out, size, dtype=torch.bool)
+    device = weight.device
+    removed_all = torch.zeros(d_out, size, dtype=torch.bool, device=device)
     todo_all = (~mask).sum(1) + quota
     order = torch.argsort(todo_all, stable=True)   # similar counts finish together
     for start in range(0, d_out, chunk):
@@ -113,10 +114,10 @@ def _sequential(weight, mask, quota, hess_inv, chunk):
         r = rows.numel()
         w = out[rows].clone()
         inv = hess_inv.expand(r, size, size).clone()
-        index = torch.arange(size).expand(r, size).clone()      # local -> global column
-        removed = torch.zeros(r, size, dtype=torch.bool)
+        index = torch.arange(size, device=device).expand(r, size).clone()  # local -> global column
+        removed = torch.zeros(r, size, dtype=torch.bool, device=device)
         candidate = index < d                                   # the bias is never removed
-        forced = torch.zeros(r, size, dtype=torch.bool)
+        forced = torch.zeros(r, size, dtype=torch.bool, device=device)
         forced[:, :d] = ~mask[rows]                             # already pruned: w = 0, go first
         todo = todo_all[rows].clone()
         step = 0
@@ -131,12 +132,12 @@ def _sequential(weight, mask, quota, hess_inv, chunk):
                     break
                 if (~removed[0]).sum() <= _COMPACT * removed.shape[1]:
                     keep_cols = (~removed).nonzero()[:, 1].view(rows.numel(), -1)
-                    pick = torch.arange(rows.numel())[:, None]
+                    pick = torch.arange(rows.numel(), device=device)[:, None]
                     w, index, candidate, forced = (t[pick, keep_cols]
                                                    for t in (w, index, candidate, forced))
                     inv = inv[pick[:, :, None], keep_cols[:, :, None], keep_cols[:, None, :]]
                     removed = torch.zeros_like(candidate)
-            arange = torch.arange(rows.numel())
+            arange = torch.arange(rows.numel(), device=device)
             diag = inv.diagonal(dim1=1, dim2=2)
             sal = w ** 2 / (2.0 * diag)
             sal = torch.where(forced & ~removed, torch.full_like(sal, -1.0), sal)
@@ -157,10 +158,10 @@ def _write_rows(out, removed_all, rows, w, index, removed):
     """Scatter finished rows (local columns) back into the layer."""
     if not rows.numel():
         return
-    full = torch.zeros(rows.numel(), out.shape[1], dtype=out.dtype)
+    full = torch.zeros(rows.numel(), out.shape[1], dtype=out.dtype, device=out.device)
     full.scatter_(1, index, w.masked_fill(removed, 0.0))
     out[rows] = full
-    gone = torch.ones(rows.numel(), out.shape[1], dtype=torch.bool)
+    gone = torch.ones(rows.numel(), out.shape[1], dtype=torch.bool, device=out.device)
     gone.scatter_(1, index, removed)
     removed_all[rows] = gone
 
@@ -170,7 +171,7 @@ def _oneshot(weight, new_mask, hess):
     d_out, d = new_mask.shape
     out = torch.zeros_like(weight)
     grad = weight @ hess                                   # rows of (H w)ᵀ, H symmetric
-    keep = torch.ones(d_out, hess.shape[0], dtype=torch.bool)
+    keep = torch.ones(d_out, hess.shape[0], dtype=torch.bool, device=weight.device)
     keep[:, :d] = new_mask
     for row in range(d_out):
         kept = keep[row].nonzero().flatten()
@@ -203,10 +204,10 @@ def lobs_prune_layer(X: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if update not in UPDATES:
         raise ConfigError(f"L-OBS update must be one of {UPDATES}, got {update!r}")
     d_out, d_in = weight.shape
-    mask = torch.ones(d_out, d_in, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    mask = torch.ones(d_out, d_in, dtype=torch.bool, device=weight.device) if mask is None else mask.to(torch.bool)
     if not 0 <= n_keep <= int(mask.sum()):
         raise ConfigError(f"L-OBS cannot keep {n_keep} of {int(mask.sum())} surviving weights")
-    hess = lobs_hessian(X, damping, bias is not None)
+    hess = lobs_hessian(X.to(weight.device), damping, bias is not None)
     hess_inv = _inverse(hess)
     w = weight.to(torch.float64) * mask
     full = w if bias is None else torch.cat((w, bias.to(torch.float64)[:, None]), 1)
@@ -257,6 +258,13 @@ class Lobs(OneShotMethod):
     Each chosen layer (default: all prunable layers but the last) is pruned to ``sparsity`` of
     its weights; surviving weights and biases are rewritten. ``self.last_info`` lists per layer
     rows, bytes held and seconds.
+    ``calib`` is any calibration data (a ``Split``, a tensor of inputs, an ``(x, y)`` pair, a
+    ``TensorDataset``, a ``DataLoader`` of ``(x, y)`` or of dicts of token ids, a ``Calibration``
+    with its ``forward_fn``); layers may be ``nn.Linear``, ``nn.Conv1d/2d``, HuggingFace
+    ``Conv1D`` and ``nn.MultiheadAttention`` projections (:mod:`prunelab.methods.layerwise.layers`).
+
+    Example:
+        >>> masks = prunelab.prune(gpt2, "lobs", sparsity=0.5, calib=loader, max_samples=4096)
     """
 
     Hparams = LobsHparams

@@ -122,7 +122,7 @@ class _Layer:
             return X.T @ X / self.n
         centred = X - X.mean(0)
         size = self.d_in + 1
-        g = torch.zeros(size, size, dtype=X.dtype)
+        g = torch.zeros(size, size, dtype=X.dtype, device=X.device)
         g[: self.d_in, : self.d_in] = centred.T @ centred / self.n
         g[self.d_in, self.d_in] = 1.0
         return g
@@ -186,18 +186,19 @@ def nettrim_solve(X: torch.Tensor, outputs: torch.Tensor, epsilon: float, *,
     if _factor is None:
         gram = layer.gram()
         c2 = float(gram.diagonal().mean())
-        _factor = (torch.linalg.cholesky(gram + c2 * torch.eye(size, dtype=gram.dtype)), c2)
+        _factor = (torch.linalg.cholesky(gram + c2 * torch.eye(size, dtype=gram.dtype, device=gram.device)), c2)
     chol, c2 = _factor
     chol32 = chol.to(torch.float32)
     c = math.sqrt(c2)
-    keep = torch.ones(size, d_out)
+    device = layer.X.device
+    keep = torch.ones(size, d_out, device=device)
     if mask is not None:
         keep[:d_in] = mask.T.to(torch.float32)
-    shrink_scale = torch.ones(size, 1)
+    shrink_scale = torch.ones(size, 1, device=device)
     if use_bias:
         shrink_scale[d_in] = 0.0
     if state is None:
-        w = torch.zeros(size, d_out)
+        w = torch.zeros(size, d_out, device=device)
         if weight is not None:
             w[:d_in] = weight.T
         if bias is not None and use_bias:
@@ -209,7 +210,7 @@ def nettrim_solve(X: torch.Tensor, outputs: torch.Tensor, epsilon: float, *,
         if rho <= 0:
             raise ConfigError(f"Net-Trim rho must be > 0, got {rho}")
         state = NetTrimState(w, z, w.clone(), torch.zeros_like(z), torch.zeros_like(w),
-                             torch.full((d_out,), float(rho)))
+                             torch.full((d_out,), float(rho), device=device))
     w, z, v, u, s, rho = (state.w.clone(), state.z.clone(), state.v.clone(), state.u.clone(),
                           state.s.clone(), state.rho.clone())
     if max_iters < 1:
@@ -283,14 +284,14 @@ def least_squares_refit(X: torch.Tensor, outputs: torch.Tensor, mask: torch.Tens
     """
     Xd = X.to(torch.float64)
     if use_bias:
-        Xd = torch.cat((Xd, torch.ones(Xd.shape[0], 1, dtype=Xd.dtype)), 1)
+        Xd = torch.cat((Xd, torch.ones(Xd.shape[0], 1, dtype=Xd.dtype, device=Xd.device)), 1)
     gram = Xd.T @ Xd / Xd.shape[0]
-    gram += damping * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+    gram += damping * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     rhs = Xd.T @ outputs.to(torch.float64) / Xd.shape[0]
     d_out, d_in = mask.shape
-    out = torch.zeros(d_out, gram.shape[0], dtype=torch.float64)
+    out = torch.zeros(d_out, gram.shape[0], dtype=torch.float64, device=gram.device)
     for row in range(d_out):
-        kept = torch.cat((mask[row], torch.ones(int(use_bias), dtype=torch.bool))).nonzero().flatten()
+        kept = torch.cat((mask[row], torch.ones(int(use_bias), dtype=torch.bool, device=mask.device))).nonzero().flatten()
         if kept.numel():
             factor = torch.linalg.cholesky(gram[kept][:, kept])
             out[row, kept] = torch.cholesky_solve(rhs[kept, row:row + 1], factor).flatten()
@@ -305,7 +306,7 @@ def _solve_layer(hp, problem: LayerProblem):
     layer = _Layer(X, use_bias)
     gram = layer.gram()
     c2 = float(gram.diagonal().mean())
-    factor = (torch.linalg.cholesky(gram + c2 * torch.eye(gram.shape[0], dtype=gram.dtype)), c2)
+    factor = (torch.linalg.cholesky(gram + c2 * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)), c2)
     start = nettrim_solve(X, outputs, hp.epsilon, weight=problem.weight, bias=problem.bias,
                           rho=hp.rho,
                           max_iters=hp.search_iters if hp.search_steps else hp.max_iters,
@@ -400,6 +401,10 @@ class NetTrim(OneShotMethod):
     Each chosen layer (default: all prunable layers but the last; each must be followed by a
     ReLU) is pruned to ``sparsity`` of its weights; surviving weights and biases are rewritten.
     ``self.last_info`` lists per layer ε, iterations, constraint errors after the cut, seconds.
+    ``calib`` is any calibration data (a ``Split``, a tensor of inputs, an ``(x, y)`` pair, a
+    ``TensorDataset``, a ``DataLoader`` of ``(x, y)`` or of dicts of token ids, a ``Calibration``
+    with its ``forward_fn``); layers may be ``nn.Linear``, ``nn.Conv1d/2d``, HuggingFace
+    ``Conv1D`` and ``nn.MultiheadAttention`` projections (:mod:`prunelab.methods.layerwise.layers`).
     """
 
     Hparams = NetTrimHparams

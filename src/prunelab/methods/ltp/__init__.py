@@ -50,6 +50,11 @@ each tested in tests/test_ltp.py:
   negligible) falls below ``stall_fraction``, τ receives almost no gradient and pruning stops
   ("premature termination", §3.2 of the paper): :class:`LTPStallWarning` is issued and logged.
 
+In your own training loop (any data, optimizer, scheduler and loss) use
+:class:`LearnedThresholds` (:mod:`prunelab.methods.ltp.own_loop`): train ``ltp.model``, add
+``ltp.penalty_term()`` to the loss, call ``ltp.step()`` after each optimizer step; ``ltp.reached``
+says when a target compression is reached and ``ltp.hard_model()`` gives the result at it.
+
 Example:
     >>> trail, wrapped = learn_thresholds(model, data, TrainConfig(epochs=8, optimizer="sgd", lr=0.03),
     ...                                   penalty_weight=3.0, temperature=2.0, threshold_lr=1.0)
@@ -64,10 +69,11 @@ from prunelab.methods.ltp.soft_mask import (
 )
 from prunelab.methods.ltp.thresholds import MATCH_TOLERANCE, lower_thresholds_to, restore_at_target
 from prunelab.methods.ltp.trail import LTPCallback, LTPStallWarning, Trail, TrailEntry, learn_thresholds
+from prunelab.methods.ltp.own_loop import LearnedThresholds
 from prunelab.methods.ltp.method import LTP, LTPHparams
 
 __all__ = [
     "GRADIENTS", "PENALTIES", "TRANSITION_BAND", "MATCH_TOLERANCE", "SoftThresholdModel", "soft_mask", "hard_mask",
     "temperature_of", "recalibrate_batchnorm", "lower_thresholds_to", "restore_at_target", "Trail", "TrailEntry",
-    "LTPCallback", "LTPStallWarning", "learn_thresholds", "LTP", "LTPHparams",
+    "LTPCallback", "LTPStallWarning", "learn_thresholds", "LearnedThresholds", "LTP", "LTPHparams",
 ]

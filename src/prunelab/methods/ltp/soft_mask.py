@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from prunelab.errors import ConfigError, MethodError
 from prunelab.core.masks import Masks, prunable_parameters
+from prunelab.core.prunable import unwrap
 
 PENALTIES = ("l0", "l1", "l2")
 GRADIENTS = ("approx", "exact")
@@ -108,10 +109,15 @@ class SoftThresholdModel(nn.Module):
 
     The wrapped model is untouched: its parameters stay plain ``nn.Parameter`` (no hooks, no
     ``torch.nn.utils.parametrize``); each forward substitutes the soft-pruned weights with
-    :func:`torch.func.functional_call`. Batch-norm, biases and other layers run as usual.
+    :func:`torch.func.functional_call`. Batch-norm, biases and other layers run as usual. Any
+    model works: HuggingFace ``Conv1D`` weights (GPT-2), ``nn.MultiheadAttention``'s
+    ``in_proj_weight``; a weight tied to an embedding (GPT-2's output layer) is left out unless
+    ``embeddings=True``, and then thresholded once, under its canonical name, for every use.
+    Call it as the model (``wrapped(x)``, ``wrapped(**batch)``).
 
     Args:
-        model: the network (pretrained, as the paper starts from).
+        model: the network (pretrained, as the paper starts from; ``torch.compile``/DDP wrappers
+            are looked through).
         temperature: T₀ of Eq. 15.
         gradient: ``"approx"`` (Eq. 14, default) or ``"exact"``.
         threshold_init_quantile: each τ_l starts at this quantile of w_l² (0: τ = 0).
@@ -153,7 +159,8 @@ class SoftThresholdModel(nn.Module):
     # -- quantities ---------------------------------------------------------------------------
     def weights(self) -> list[nn.Parameter]:
         """The thresholded weights, in the order of :attr:`names`."""
-        return [self.model.get_parameter(n) for n in self.names]
+        inner = unwrap(self.model)
+        return [inner.get_parameter(n) for n in self.names]
 
     def thresholds(self) -> torch.Tensor:
         """τ_l for every thresholded layer (a differentiable tensor of shape ``(layers,)``)."""
@@ -264,7 +271,8 @@ class SoftThresholdModel(nn.Module):
             with torch.no_grad():
                 for i, (name, w) in enumerate(zip(self.names, self.weights())):
                     substitutes[name] = w * hard_mask(w, taus[i])
-        return functional_call(self.model, substitutes, args, kwargs, strict=False)
+        # Canonical names belong to the unwrapped model; tied names follow their substitute.
+        return functional_call(unwrap(self.model), substitutes, args, kwargs, strict=False)
 
 
 def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from prunelab.core.masks import Masks
+from prunelab.core.prunable import unwrap
 from prunelab.methods.magnitude import _prune_by_scores, select_smallest
 
 if TYPE_CHECKING:
@@ -55,14 +56,15 @@ def lower_thresholds_to(weights: dict[str, torch.Tensor], thresholds: dict[str, 
 
 
 def restore_at_target(model: nn.Module, trail: "Trail", entry: "TrailEntry", sparsity: float, match: bool = True,
-                      log: Callable[[str], None] | None = None) -> tuple[Masks, dict]:
+                      log: Callable[[str], None] | None = None,
+                      tolerance: float = MATCH_TOLERANCE) -> tuple[Masks, dict]:
     """Load trail ``entry`` into ``model`` and, with ``match``, bring it to exactly ``sparsity``.
 
     ``model`` is the network :func:`learn_thresholds` trained in place, so before this call it
     holds the unmasked weights of the trail's last entry. Short of the target, the entry is pruned
-    further by global magnitude (the smallest |w| among its kept weights). More than
-    :data:`MATCH_TOLERANCE` past it, and if ``entry`` is the last entry, every threshold is lowered
-    by one common factor (:func:`lower_thresholds_to`): the pruned weights of largest w²/τ_l come
+    further by global magnitude (the smallest |w| among its kept weights). More than ``tolerance``
+    (default :data:`MATCH_TOLERANCE`; 0: any excess) past it, and if ``entry`` is the last entry,
+    every threshold is lowered by one common factor (:func:`lower_thresholds_to`): the pruned weights of largest w²/τ_l come
     back with the values LTP trained. An earlier entry past the target is kept as it is (logged).
 
     Returns:
@@ -71,21 +73,24 @@ def restore_at_target(model: nn.Module, trail: "Trail", entry: "TrailEntry", spa
     """
     log = log or logger.info
     target_compression = 1.0 / (1.0 - sparsity)
-    unmasked = {n: model.get_parameter(n).detach().clone() for n in entry.thresholds}
+    inner = unwrap(model)
+    unmasked = {n: inner.get_parameter(n).detach().clone() for n in entry.thresholds}
     masks = entry.restore(model)
     filled = revived = 0.0
     if match and sparsity > 0:
         if entry.compression < target_compression * (1 - 1e-9):
             before = masks.kept()
             masks = _prune_by_scores(model, masks, sparsity, "global",
-                                     {n: model.get_parameter(n).detach() for n in masks})
+                                     {n: inner.get_parameter(n).detach() for n in masks})
             filled = (before - masks.kept()) / masks.total()
-        elif entry.compression > target_compression * (1 + MATCH_TOLERANCE):
+        elif entry.compression > target_compression * (1 + tolerance) and (
+                tolerance > 0 or masks.pruned() > round(sparsity * masks.total())):
+            # (With no tolerance, an entry whose count is already the target's is kept as it is.)
             if entry.step == trail[-1].step:
                 kept = masks.kept()
                 with torch.no_grad():
                     for name, value in unmasked.items():
-                        model.get_parameter(name).copy_(value)
+                        inner.get_parameter(name).copy_(value)
                 masks = lower_thresholds_to(unmasked, entry.thresholds, round(sparsity * masks.total()))
                 masks.apply(model)
                 revived = (masks.kept() - kept) / masks.total()

@@ -12,6 +12,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,7 @@ from torch import nn
 from prunelab.errors import ConfigError, MethodError
 from prunelab.core.masks import Masks
 from prunelab.training.batchnorm import recalibrate_batchnorm
+from prunelab.training.batches import Calibration, batch_size_of, check_iterable, default_forward, tensor_pair
 from prunelab.training.loop import Callback, TrainConfig, evaluate, make_optimizer, train
 from prunelab.methods.ltp.soft_mask import PENALTIES, SoftThresholdModel, hard_mask, soft_mask
 
@@ -40,8 +42,9 @@ class TrailEntry:
         step: optimizer steps done.
         compression: prunable weights / kept prunable weights (``inf`` when none is kept).
         sparsity: fraction of prunable weights pruned.
-        val_top1: validation top-1 accuracy of the hard-masked network (NaN without validation).
-        val_loss: its validation loss.
+        val_top1: validation top-1 accuracy of the hard-masked network (NaN without validation,
+            or when the outputs are not class logits, e.g. a language model's).
+        val_loss: its validation loss (NaN without validation).
         transition_fraction: share of weights with |w² − τ|/T < 4.
         thresholds: ``name -> τ_l``.
         temperatures: ``name -> T_l``.
@@ -165,25 +168,28 @@ class LTPCallback(Callback):
         wrapped: the :class:`SoftThresholdModel` being trained.
         penalty_weight: λ.
         penalty: ``"l0"`` (LTP), ``"l1"`` or ``"l2"``.
-        val: validation split for the trail (None: accuracy NaN).
+        val: validation data for the trail, anything ``evaluate`` takes (None: accuracy NaN).
         keep_states: keep each entry's hard-masked ``state_dict`` in memory.
         checkpoint_dir: also save each entry with :func:`prunelab.core.checkpoints.save_checkpoint`.
         stall_fraction: warn when the transition fraction falls below this.
         stop_at_compression: stop training as soon as the hard mask reaches this compression
             (checked every ``check_every`` steps; the point is added to the trail).
         check_every: steps between those checks.
-        calib: inputs (a tensor or a ``Split``) on which the batch-norm statistics of every
-            hard-masked trail network are re-estimated (:func:`recalibrate_batchnorm`) before it
-            is evaluated and kept; None or a model without batch-norm: no recalibration.
+        calib: data on which the batch-norm statistics of every hard-masked trail network are
+            re-estimated (:func:`recalibrate_batchnorm`) before it is evaluated and kept: a
+            tensor of inputs, a ``Split``, a ``Calibration`` or any data ``as_calibration``
+            takes; None or a model without batch-norm: no recalibration.
         eval_batch_size: batch size of the validation pass.
         log: progress lines (default: the ``prunelab.ltp`` logger).
+        forward_fn: ``forward_fn(model, batch) -> output`` for the validation pass (as ``train``).
+        loss_fn: ``loss_fn(output, batch) -> scalar`` for the validation pass (as ``train``).
     """
 
     def __init__(self, wrapped: SoftThresholdModel, penalty_weight: float, penalty: str = "l0", val=None,
                  keep_states: bool = True, checkpoint_dir: str | Path | None = None,
                  stall_fraction: float = 1e-3, stop_at_compression: float | None = None,
                  check_every: int = 50, calib=None, eval_batch_size: int = 1000,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, forward_fn=None, loss_fn=None):
         if penalty not in PENALTIES:
             raise ConfigError(f"unknown penalty {penalty!r}; choose one of {', '.join(PENALTIES)}")
         if not (penalty_weight >= 0 and math.isfinite(penalty_weight)):
@@ -198,6 +204,7 @@ class LTPCallback(Callback):
             raise ConfigError(f"check_every must be an integer >= 1, got {check_every!r}")
         self.stop_at_compression, self.check_every = stop_at_compression, check_every
         self.calib = getattr(calib, "x", calib)
+        self.forward_fn, self.loss_fn = forward_fn, loss_fn
         self.trail = Trail()
         self.stalled_epochs: list[int] = []
 
@@ -232,14 +239,16 @@ class LTPCallback(Callback):
         model, masks = wrapped.hard_model()
         recalibrated = self.calib is not None and recalibrate_batchnorm(model, self.calib)
         kept, total = masks.kept(), masks.total()
-        metrics = evaluate(model, self.val, self.eval_batch_size) if self.val is not None and len(self.val) else {}
+        metrics = evaluate(model, self.val, self.eval_batch_size, forward_fn=self.forward_fn,
+                           loss_fn=self.loss_fn) if _has_data(self.val) else {}
+        top1, loss = metrics.get("top1"), metrics.get("loss")
         taus, temps = wrapped.thresholds().detach(), wrapped.temperatures()
         soft = sum(soft_mask(w, taus[i], float(temps[i])).sum() for i, w in enumerate(wrapped.weights()))
         entry = TrailEntry(
             epoch=epoch, step=step, partial=partial,
             compression=total / kept if kept else math.inf,
             sparsity=1 - kept / total,
-            val_top1=metrics.get("top1", math.nan), val_loss=metrics.get("loss", math.nan),
+            val_top1=math.nan if top1 is None else top1, val_loss=math.nan if loss is None else loss,
             transition_fraction=wrapped.transition_fraction(),
             thresholds={n: float(taus[i]) for i, n in enumerate(wrapped.names)},
             temperatures={n: float(temps[i]) for i, n in enumerate(wrapped.names)},
@@ -271,20 +280,67 @@ class LTPCallback(Callback):
             self.log("warning: " + message)
 
 
+def _has_data(val) -> bool:
+    if val is None:
+        return False
+    try:
+        return len(val) > 0
+    except TypeError:   # an iterable without a length: evaluate finds out
+        return True
+
+
+def bn_calibration(data, size: int, seed: int, forward_fn=None):
+    """The batch-norm calibration set of a trail: ``size`` training samples.
+
+    Args:
+        data: the training data (anything ``train`` takes).
+        size: samples wanted (0: none).
+        seed: seeds the subset of in-memory tensors.
+        forward_fn: ``forward_fn(model, batch)`` as in training (default ``model(x)``).
+
+    Returns:
+        For in-memory tensors a seeded random subset of their inputs (a tensor); for other data
+        their first batches holding ``size`` samples (whole batches, as a ``Calibration`` that
+        runs the model as training does). None for ``size <= 0`` or data that can be read only
+        once (an iterator: its batches belong to training).
+
+    Example:
+        >>> recalibrate_batchnorm(hard_model, bn_calibration(loader, 2000, seed=0))
+    """
+    if size <= 0:
+        return None
+    pair = tensor_pair(data)
+    if pair is not None:
+        x = pair[0]
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:size]
+        return x[pick.sort().values]
+    if isinstance(check_iterable(data), Iterator):
+        return None
+    batches, seen = [], 0
+    for batch in data:
+        batches.append(batch)
+        seen += batch_size_of(batch)
+        if seen >= size:
+            break
+    return Calibration(batches, forward_fn or default_forward) if batches else None
+
+
 def learn_thresholds(model: nn.Module, data, config: TrainConfig, *, penalty_weight: float = 1.0,
                      temperature: float = 2.0, threshold_lr: float = 1.0, threshold_momentum: float = 0.0,
                      penalty: str = "l0", gradient: str = "approx", threshold_init_quantile: float = 0.0,
                      val=None, keep_states: bool = True, checkpoint_dir: str | Path | None = None,
                      stall_fraction: float = 1e-3, stop_at_compression: float | None = None,
                      check_every: int = 50, bn_calibration_size: int = 2000,
-                     log: Callable[[str], None] | None = None,
+                     log: Callable[[str], None] | None = None, forward_fn=None, loss_fn=None,
                      **prunable_kwargs) -> tuple[Trail, SoftThresholdModel]:
     """Run LTP on ``model`` (trained in place) with the core training loop and return the trail.
 
     Args:
         model: a (pretrained) network; its weights are trained in place, unmasked (the trail
             holds the hard-masked copies).
-        data: a ``Dataset`` (``val`` defaults to its validation split) or a training ``Split``.
+        data: a ``Dataset`` (``val`` defaults to its validation split), a training ``Split``, or
+            any data :func:`prunelab.training.loop.train` takes (a ``DataLoader`` of ``(x, y)``
+            or of dicts of token ids, ...).
         config: the training recipe for the weights (optimizer, lr, schedule, epochs, ...).
         penalty_weight: λ, weight of the normalised penalty.
         temperature: T₀ (Eq. 15).
@@ -295,15 +351,19 @@ def learn_thresholds(model: nn.Module, data, config: TrainConfig, *, penalty_wei
         penalty: ``"l0"`` (LTP), ``"l1"`` or ``"l2"``.
         gradient: ``"approx"`` (Eq. 14) or ``"exact"``.
         threshold_init_quantile: initial τ_l as a quantile of w_l².
-        val: validation split of the trail.
+        val: validation data of the trail (anything ``evaluate`` takes).
         keep_states: keep each entry's weights in memory.
         checkpoint_dir: also save each entry as a prunelab checkpoint there.
         stall_fraction: warn below this transition fraction.
         stop_at_compression: stop once the hard mask reaches this compression.
         check_every: steps between checks of ``stop_at_compression``.
-        bn_calibration_size: training samples (a seeded random subset) on which each trail
-            network's batch-norm statistics are re-estimated (0: never; no effect without BN).
+        bn_calibration_size: training samples (a seeded random subset of in-memory tensors, the
+            first batches of other data) on which each trail network's batch-norm statistics are
+            re-estimated (0: never; no effect without BN).
         log: progress lines.
+        forward_fn: ``forward_fn(model, batch) -> output`` (as ``train``; also used for the
+            validation and batch-norm passes).
+        loss_fn: ``loss_fn(output, batch) -> scalar``, the task loss (as ``train``).
         **prunable_kwargs: which layers are thresholded (see ``prunable_parameters``).
 
     Returns:
@@ -315,18 +375,15 @@ def learn_thresholds(model: nn.Module, data, config: TrainConfig, *, penalty_wei
     if hasattr(data, "train") and hasattr(data, "val"):
         val = data.val if val is None else val
         data = data.train
-    calib = None
-    if bn_calibration_size > 0:
-        x = getattr(data, "x", None)
-        x = data[0] if x is None else x
-        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed))[:bn_calibration_size]
-        calib = x[pick.sort().values]
+    calib = bn_calibration(data, bn_calibration_size, config.seed, forward_fn)
     wrapped = SoftThresholdModel(model, temperature, gradient, threshold_init_quantile, **prunable_kwargs)
     callback = LTPCallback(wrapped, penalty_weight, penalty, val=val, keep_states=keep_states,
                            checkpoint_dir=checkpoint_dir, stall_fraction=stall_fraction,
                            stop_at_compression=stop_at_compression, check_every=check_every,
-                           calib=calib, eval_batch_size=config.eval_batch_size, log=log)
+                           calib=calib, eval_batch_size=config.eval_batch_size, log=log,
+                           forward_fn=forward_fn, loss_fn=loss_fn)
     optimizer = make_optimizer(wrapped.parameter_groups(threshold_lr, threshold_momentum), config)
     # The training split only: the callback evaluates the hard-masked network itself.
-    train(wrapped, data, config, callbacks=[callback], optimizer=optimizer, label="ltp")
+    train(wrapped, data, config, callbacks=[callback], optimizer=optimizer, label="ltp",
+          forward_fn=forward_fn, loss_fn=loss_fn)
     return callback.trail, wrapped
