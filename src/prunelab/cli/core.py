@@ -150,6 +150,7 @@ def cmd_prune(args) -> int:
         masks.apply(ckpt.model)
     prune_seconds = time.perf_counter() - t0
     print(f"pruned with {args.method} to sparsity {masks.sparsity():.4f} in {prune_seconds:.2f}s")
+    print(f"coverage: {masks.coverage(ckpt.model).line()}")
     metrics = {"prune_seconds": prune_seconds}
     if data is not None:
         metrics["pruned_test"] = evaluate(ckpt.model, data.test, device=device)

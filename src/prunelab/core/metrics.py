@@ -20,7 +20,7 @@ from torch import nn
 
 from prunelab.core.masks import PRUNABLE_TYPES, Masks, prunable_parameters
 from prunelab.core.prunable import (
-    is_hf_conv1d, canonical_name, coverage, model_parameters, parameter_aliases, unwrap,
+    Coverage, is_hf_conv1d, canonical_name, coverage, model_parameters, parameter_aliases, unwrap,
 )
 from prunelab.errors import ConfigError
 # The PQ Index lives in its own module; re-exported so prunelab.core.metrics.pq_index works too.
@@ -264,9 +264,7 @@ def format_summary(s: dict) -> str:
         )
     if "coverage" in s:
         cov = s["coverage"]
-        line = f"coverage: {cov['covered']}/{cov['total']} weight-matrix entries prunable ({cov['fraction']:.2%})"
-        if cov["left_out"]:
-            line += "; left dense: " + ", ".join(f"{n} ({k})" for n, k in cov["left_out"])
-        lines.append(line)
+        line = Coverage(cov["covered"], cov["total"], tuple(tuple(item) for item in cov["left_out"])).line()
+        lines.append(f"coverage: {line}")
     lines.append(f"counted: {s['counted']}")
     return "\n".join(lines)
