@@ -171,7 +171,8 @@ def read_safetensors(path, noun: str = "checkpoint") -> tuple[dict[str, torch.Te
             raw_meta = (f.metadata() or {}).get("prunelab")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: damaged or not a safetensors {noun} ({exc})") from None
+        # One line: the library quotes the damaged header, which may hold anything.
+        raise CheckpointError(f"{path}: damaged or not a safetensors {noun} ({' '.join(str(exc).split())})") from None
     if raw_meta is None:
         return tensors, None
     try:

@@ -303,7 +303,7 @@ class Masks(Mapping):
         try:
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+            raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())})") from None
         if any(n.startswith("mask/") for n in tensors):
             tensors = {n[5:]: t for n, t in tensors.items() if n.startswith("mask/")}
         return cls({n: t.to(torch.bool) for n, t in tensors.items()})

@@ -11,6 +11,7 @@ import functools
 import importlib
 import io
 import pickle
+import pickletools
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +73,13 @@ def _read_cifar_py_batch(path: Path, fix: str) -> tuple[np.ndarray, np.ndarray]:
     # length field says (a damaged one may say gigabytes), and the file allocates them.
     data = read_bytes(path, fix)
     try:
+        _check_memo_indices(data)
         # The original batches are Python 2 pickles; "bytes" keeps their str keys as bytes.
         batch = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as err:
         raise DataError(f"refusing to load {path}: {_one_line(err)}; {fix}") from err
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, OSError,
-            MemoryError, OverflowError) as err:
+            MemoryError, OverflowError, SystemError) as err:   # SystemError: numpy, on a malformed dtype state
         raise DataError(f"{path} is truncated or not a CIFAR-10 python batch ({_one_line(err)}); {fix}") from err
     if not isinstance(batch, dict):
         raise DataError(f"{path} is not a CIFAR-10 python batch (no dict inside); {fix}")
@@ -96,6 +98,15 @@ def _read_cifar_py_batch(path: Path, fix: str) -> tuple[np.ndarray, np.ndarray]:
         )
     _check_labels(labels, path, fix)
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _check_memo_indices(data: bytes) -> None:
+    """UnpicklingError when a memo index exceeds the number of opcodes before it. A pickler
+    numbers its memo entries 0, 1, 2...; the C unpickler sizes its memo table by the largest
+    index it meets, so one damaged index would allocate gigabytes."""
+    for count, (op, arg, _) in enumerate(pickletools.genops(data)):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > count:
+            raise pickle.UnpicklingError(f"memo index {arg} at opcode {count} (a damaged pickle)")
 
 
 def _one_line(err: BaseException) -> str:
