@@ -28,13 +28,13 @@ except ImportError as exc:   # pragma: no cover - depends on the environment
 
 from prunelab.core.masks import Masks
 from prunelab.core.prunable import PrunableRule
-from prunelab.integrations.keeper import MaskKeeper
+from prunelab.integrations.keeper import KeeperCallback, MaskKeeper
 from prunelab.methods.gmp import GradualMagnitudePruning
 
 __all__ = ["PruningCallback"]
 
 
-class PruningCallback(TrainerCallback):
+class PruningCallback(KeeperCallback, TrainerCallback):
     """A ``transformers.TrainerCallback`` that keeps masks exact and/or prunes gradually.
 
     Args:
@@ -57,14 +57,6 @@ class PruningCallback(TrainerCallback):
     def __init__(self, masks: Masks | Mapping | None = None, gmp: GradualMagnitudePruning | Mapping | None = None, *,
                  rule: PrunableRule | None = None, **prunable_options):
         self.keeper = MaskKeeper(masks, gmp, rule, **prunable_options)
-
-    @property
-    def masks(self) -> Masks | None:
-        return self.keeper.masks
-
-    @property
-    def events(self) -> list[dict]:
-        return self.keeper.events
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.keeper.begin(model, optimizer, state.global_step)

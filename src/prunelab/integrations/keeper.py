@@ -163,3 +163,19 @@ class MaskKeeper:
         if not self._begun:
             raise ConfigError("the pruning callback was not started: its begin hook never ran "
                               "(add the callback before training starts)")
+
+
+class KeeperCallback:
+    """What the framework callbacks share: a :class:`MaskKeeper` and its state, read-only."""
+
+    keeper: MaskKeeper
+
+    @property
+    def masks(self) -> Masks | None:
+        """The current masks (None until training begins when built from the model)."""
+        return self.keeper.masks
+
+    @property
+    def events(self) -> list[dict]:
+        """The schedule's pruning events (``step``, ``target``, ``sparsity``)."""
+        return self.keeper.events

@@ -30,13 +30,13 @@ except ImportError:   # pragma: no cover - depends on the environment
 
 from prunelab.core.masks import Masks
 from prunelab.core.prunable import PrunableRule
-from prunelab.integrations.keeper import MaskKeeper
+from prunelab.integrations.keeper import KeeperCallback, MaskKeeper
 from prunelab.methods.gmp import GradualMagnitudePruning
 
 __all__ = ["PruningCallback"]
 
 
-class PruningCallback(Callback):
+class PruningCallback(KeeperCallback, Callback):
     """A Lightning ``Callback`` that keeps masks exact and/or prunes gradually.
 
     Args:
@@ -59,14 +59,6 @@ class PruningCallback(Callback):
                  rule: PrunableRule | None = None, **prunable_options):
         super().__init__()
         self.keeper = MaskKeeper(masks, gmp, rule, **prunable_options)
-
-    @property
-    def masks(self) -> Masks | None:
-        return self.keeper.masks
-
-    @property
-    def events(self) -> list[dict]:
-        return self.keeper.events
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.keeper.begin(pl_module, trainer.optimizers, trainer.global_step)
