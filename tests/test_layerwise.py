@@ -119,9 +119,21 @@ def test_prune_layers_rejects_bad_input():
         prune_layers(model, masks, 1.0, _inputs(), noop)
     with pytest.raises(ConfigError, match="empty"):
         capture(model, "1.weight", _inputs()[:0])
+    reflect = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten())
+    with pytest.raises(MethodError, match="padding_mode"):
+        capture(reflect, "0.weight", torch.randn(2, 2, 5, 5))
+
+
+def test_capture_of_a_grouped_conv_gives_every_groups_patches():
+    torch.manual_seed(0)
     grouped = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten())
-    with pytest.raises(MethodError, match="groups"):
-        capture(grouped, "0.weight", torch.randn(2, 2, 5, 5))
+    x = torch.randn(2, 2, 5, 5)
+    data = capture(grouped, "0.weight", x)
+    assert data.inputs.shape == (18, 2 * 9) and data.outputs.shape == (18, 4)   # 2 samples x 3x3 positions
+    weight, bias = grouped[0].weight.detach().reshape(4, 9), grouped[0].bias.detach()
+    # output channels 0-1 use the patch columns of input channel 0, channels 2-3 those of channel 1
+    by_group = torch.cat([data.inputs[:, :9] @ weight[:2].T, data.inputs[:, 9:] @ weight[2:].T], 1) + bias
+    assert torch.allclose(by_group, data.outputs, atol=1e-5)
 
 
 def test_keep_count_and_top_k_mask_are_exact():

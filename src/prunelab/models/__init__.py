@@ -14,6 +14,9 @@ are computed from a dry forward pass, never hard-coded); ``registry.list()`` nam
 - ``vgg16`` (SAP init): CIFAR VGG16, classifier Dropout-512-Dropout-512-C (gRDA, Chao et al. 2020).
 - ``resnet18`` (SAP init): pre-activation CIFAR ResNet18 (PQ Index paper).
 - ``wrn`` (SAP init): wide ResNet, depth 28, widen factor 10 (gRDA; the PQ Index paper uses 28×8).
+- ``mobilenetv2``, ``efficientnet-b0``, ``mixnet-s`` (SAP init): mobile networks of inverted
+  residual blocks with depthwise (MixNet: mixed-kernel) convs, strides adapted to 28×28 / 32×32
+  inputs, ``width`` and ``depth`` multipliers (:mod:`prunelab.models.mobile`).
 
 "SAP" init is the PQ Index code's ``init_param``: conv weights kaiming-normal (fan_out, ReLU),
 conv and Linear biases 0, Linear weights left at the PyTorch default, BN γ=1, β=0. "PyTorch"
@@ -40,7 +43,7 @@ from __future__ import annotations
 from prunelab.core import checkpoints as _checkpoints
 from prunelab.models.factory import create, defaults, from_config, get, register, registry
 from prunelab.models.layers import Network, max_norm_
-from prunelab.models import mlp as _mlp, cnn as _cnn  # noqa: F401  (register their models)
+from prunelab.models import mlp as _mlp, cnn as _cnn, mobile as _mobile  # noqa: F401  (register their models)
 from prunelab.models.resnet import PreActResNet, WideResNet
 
 _checkpoints.set_model_builder(from_config)

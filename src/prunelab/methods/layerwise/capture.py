@@ -252,7 +252,7 @@ def _forward_rows(model: nn.Module, view: LayerView, feed: CalibrationFeed, chun
         return state["row0"]
     if collected:
         return torch.cat(collected)
-    return torch.empty(0, view.matrix().shape[1], device=view.parameter.device)
+    return torch.empty(0, view.input_width(), device=view.parameter.device)
 
 
 def _row_selection(total: int, max_samples: int | None, seed: int) -> np.ndarray | None:
@@ -312,7 +312,7 @@ def capture(model: nn.Module, param_name: str, x, *, reference: nn.Module | None
         # One sample tells how many rows (output positions) each sample gives.
         per_sample = _forward_rows(model, view, feed, [inputs[:1]], "count")
         total = per_sample * n
-        d_in = view.matrix().shape[1]
+        d_in = view.input_width()
         batch = max(1, min(feed.batch_size, _PATCH_BUDGET // max(1, per_sample * d_in)))
         chunks = lambda: (inputs[i:i + batch] for i in range(0, n, batch))  # noqa: E731
     else:

@@ -204,7 +204,7 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
     Returns:
         ``(new_masks, infos)``: a dict name -> bool tensor (on its parameter's device) covering
         every name of ``masks``, and one JSON-able info dict per pruned layer (rows, bytes held,
-        seconds, kept, ...).
+        seconds, kept, ...; a grouped conv's solver infos are listed per group).
 
     Raises:
         ConfigError: bad sparsity, mode or layer names.
@@ -244,8 +244,11 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
         weight = view.matrix().clone(memory_format=torch.contiguous_format) * mask2d
         bias = None if view.bias is None else view.bias.data.clone()
         n_keep = keep_count(mask2d.numel(), int(mask2d.sum()), sparsity)
-        problem = LayerProblem(data, weight, bias, mask2d, n_keep)
-        new_w, new_b, new_mask, info = solve(problem)
+        if view.groups == 1:
+            problem = LayerProblem(data, weight, bias, mask2d, n_keep)
+            new_w, new_b, new_mask, info = solve(problem)
+        else:
+            new_w, new_b, new_mask, info = solve_groups(data, weight, bias, mask2d, n_keep, view.groups, solve)
         if new_mask.dtype != torch.bool or bool((new_mask & ~mask2d).any()):
             raise RuntimeError(f"solver revived pruned weights of {name}")  # pragma: no cover
         view.write(new_w * new_mask, new_b)
@@ -258,8 +261,81 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
         if log is not None:
             log(f"{name}: kept {kept}/{mask2d.numel()} from {data.inputs.shape[0]} rows "
                 f"({data.nbytes / 2**20:.1f} MiB) in {layer_info['seconds']:.2f} s")
-        del data, problem
+        del data
     return new_masks, infos
+
+
+def group_keep_counts(survivors: Sequence[int], n_keep: int) -> list[int]:
+    """How many weights each group of a grouped conv keeps so that the layer keeps ``n_keep``.
+
+    Every group gets ``n_keep // groups`` (fewer if it has fewer survivors); the rest goes one
+    weight at a time to the groups in index order that still have survivors to give. Equal
+    shares make each group as sparse as the layer, as a depthwise conv pruned channel by channel.
+
+    Args:
+        survivors: surviving weights per group.
+        n_keep: weights the layer keeps (at most ``sum(survivors)``).
+
+    Returns:
+        Keep counts per group, summing to ``n_keep``.
+
+    Example:
+        >>> group_keep_counts([9, 9, 9], 14)
+        [5, 5, 4]
+    """
+    keeps = [min(s, n_keep // len(survivors)) for s in survivors]
+    left = n_keep - sum(keeps)
+    while left > 0:
+        for g, s in enumerate(survivors):
+            if left and keeps[g] < s:
+                keeps[g] += 1
+                left -= 1
+    return keeps
+
+
+def solve_groups(data: LayerData, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                 n_keep: int, groups: int, solve: Solver) -> tuple:
+    """Solve a grouped conv as ``groups`` independent layers and put the results back together.
+
+    Group ``g`` of a conv multiplies only its own input channels, so its rows of the weight matrix
+    (``d_out / groups`` output channels) against its slice of the im2col columns (``d_in``
+    columns) is an ordinary layer problem; its keep count comes from :func:`group_keep_counts`,
+    so the layer as a whole keeps exactly ``n_keep`` weights. A group whose inputs are all zero
+    on the calibration rows (a dead channel before a depthwise conv) has nothing to fit (its
+    Hessian is zero): it keeps its largest-magnitude weights unchanged, ``{"dead_inputs": True}``.
+
+    Args:
+        data: the layer's rows (inputs ``(rows, d_in · groups)``, outputs ``(rows, d_out)``).
+        weight, bias, mask: the layer's ``(d_out, d_in)`` weights, ``(d_out,)`` bias or None, mask.
+        n_keep: weights the layer keeps.
+        groups: the conv's groups.
+        solve: the layer solver.
+
+    Returns:
+        ``(weight, bias, mask, info)`` as a solver returns them; ``info`` lists the groups' infos
+        under ``"per_group"``.
+    """
+    d_out, d_in = weight.shape
+    rows = d_out // groups
+    keeps = group_keep_counts([int(m.sum()) for m in mask.split(rows)], n_keep)
+    weights, biases, masks, group_infos = [], [], [], []
+    for g in range(groups):
+        out = slice(g * rows, (g + 1) * rows)
+        part = LayerData(data.name, data.inputs[:, g * d_in:(g + 1) * d_in].contiguous(),
+                         data.outputs[:, out].contiguous(), data.n_samples, data.rows_total)
+        problem = LayerProblem(part, weight[out].contiguous(), None if bias is None else bias[out].clone(),
+                               mask[out].contiguous(), keeps[g])
+        if bool(part.inputs.any()):
+            new_w, new_b, new_mask, info = solve(problem)
+        else:
+            new_w, new_b, info = problem.weight, problem.bias, {"dead_inputs": True}
+            new_mask = top_k_mask(problem.weight.abs(), problem.mask, keeps[g])
+        weights.append(new_w)
+        biases.append(new_b)
+        masks.append(new_mask)
+        group_infos.append(info)
+    new_bias = None if any(b is None for b in biases) else torch.cat(biases)
+    return torch.cat(weights), new_bias, torch.cat(masks), {"groups": groups, "per_group": group_infos}
 
 
 @dataclass(frozen=True)

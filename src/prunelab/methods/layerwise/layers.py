@@ -7,7 +7,10 @@ weight matrix ``W``:
   dimensions flattened.
 * ``nn.Conv1d``/``nn.Conv2d``: ``W`` is the kernel flattened to ``(out_channels, in_channels *
   prod(kernel_size))``; the rows are the im2col patches (``torch.nn.functional.unfold``), one per
-  output position.
+  output position. A grouped conv (depthwise: groups = channels) has ``W`` of shape
+  ``(out_channels, in_channels / groups * prod(kernel_size))`` and rows ``groups`` times as wide:
+  group ``g`` is its own layer, rows ``g`` of ``W`` (``out_channels / groups`` of them) times
+  column slice ``g`` of the patches (the driver solves one problem per group).
 * HuggingFace ``Conv1D`` (GPT-2): its weight is stored ``(d_in, d_out)``, so ``W`` is its
   transpose; the rows are the input's last dimension (output rows ``x @ weight + b``).
 * ``nn.MultiheadAttention``'s ``in_proj_weight`` (self-attention only): ``W`` is the stacked
@@ -142,6 +145,16 @@ class LayerView:
         param = self.parameter.data
         return param.reshape(param.shape[0], -1)
 
+    @property
+    def groups(self) -> int:
+        """The conv's ``groups`` (1 for every other kind): the matrix holds one block of
+        ``d_out / groups`` rows per group, each multiplying its own slice of the im2col columns."""
+        return self.module.groups if self.kind == "conv" else 1
+
+    def input_width(self) -> int:
+        """Columns of the layer's input rows (:func:`im2col`): ``d_in · groups``."""
+        return self.matrix().shape[1] * self.groups
+
     def mask_matrix(self, mask: torch.Tensor) -> torch.Tensor:
         """A mask of the parameter's shape as a ``(d_out, d_in)`` bool matrix on its device."""
         mask = mask.to(device=self.parameter.device, dtype=torch.bool)
@@ -170,9 +183,6 @@ class LayerView:
 
 
 def _check_conv(module: nn.Module, module_name: str) -> None:
-    if module.groups != 1:
-        raise MethodError(f"layer {module_name!r} is a grouped convolution (groups="
-                          f"{module.groups}); layer-wise methods support groups=1 only")
     if module.padding_mode != "zeros":
         raise MethodError(f"layer {module_name!r} uses padding_mode={module.padding_mode!r}; "
                           "layer-wise methods support zero padding only")
@@ -194,8 +204,8 @@ def layer_view(model: nn.Module, param_name: str) -> LayerView:
         ('hf_conv1d', (256, 64))
 
     Raises:
-        MethodError: no such parameter, or a layer kind layer-wise methods cannot fit (grouped
-            or non-zero-padded convolutions, separate q/k/v attention weights, other modules).
+        MethodError: no such parameter, or a layer kind layer-wise methods cannot fit
+            (non-zero-padded convolutions, separate q/k/v attention weights, other modules).
     """
     inner = unwrap(model)
     name = canonical_name(param_name, parameter_aliases(inner))
