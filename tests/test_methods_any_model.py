@@ -16,7 +16,7 @@ from prunelab.methods.grda import train_grda
 from prunelab.methods.layerwise.driver import capture, default_layers
 from prunelab.methods.layerwise.lobs import lobs_prune_layer
 from prunelab.methods.ltp import LearnedThresholds, learn_thresholds
-from prunelab.training.batches import Calibration
+from prunelab.training.batches import Calibration, as_calibration
 from prunelab.training.loop import TrainConfig
 
 transformers = pytest.importorskip("transformers")
@@ -80,6 +80,21 @@ def test_lobs_on_gpt2_takes_token_tensors_and_a_calibration_with_forward_fn():
     by_loader = prunelab.prune(_gpt2(), "lobs", sparsity=0.5, calib=calibration, layers=[C_ATTN])
     assert by_tensor.equal(by_loader)
     assert int(by_tensor[C_ATTN].sum()) == 64 * 192 // 2 and bool(by_tensor[LAST].all())
+
+
+def test_calibration_forward_fn_is_the_training_one_and_gets_whole_batches():
+    # A DataLoader of 1-tuples of token ids: the forward_fn written for training (batch[0] is the
+    # ids) must see whole batches in calibration too, not the ids alone (where batch[0] would be
+    # the first sequence).
+    ids = torch.cat([batch["input_ids"] for batch in _token_loader()])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=4)
+    forward = lambda model, batch: model(input_ids=batch[0])   # noqa: E731
+    by_tensor = prunelab.prune(_gpt2(), "lobs", sparsity=0.5, calib=ids, layers=[C_ATTN])
+    by_loader = prunelab.prune(_gpt2(), "lobs", sparsity=0.5, calib=loader, forward_fn=forward, layers=[C_ATTN])
+    assert by_tensor.equal(by_loader)
+    calibration = as_calibration(loader, forward)
+    assert len(calibration.batches) == 4 and all(isinstance(b, list) and len(b) == 1 for b in calibration.batches)
+    assert calibration.num_samples == 16 and torch.equal(calibration.tensor(), ids)
 
 
 def test_magnitude_prunes_gpt2_exactly():

@@ -8,6 +8,7 @@ from prunelab import methods
 from prunelab.core.masks import Masks
 from prunelab.core.prunable import PrunableRule, warn_left_out
 from prunelab.errors import MethodError
+from prunelab.training.batches import as_calibration
 
 
 def prune(model: nn.Module, method: str = "magnitude", sparsity: float = 0.5, masks: Masks | None = None,
@@ -32,8 +33,9 @@ def prune(model: nn.Module, method: str = "magnitude", sparsity: float = 0.5, ma
         rule: which weights are prunable (:class:`prunelab.PrunableRule`); builds the starting
             masks (``Masks.ones(model, rule)``) when ``masks`` is None. Default: the weights of
             Linear, Conv, HuggingFace ``Conv1D`` and ``nn.MultiheadAttention`` layers.
-        forward_fn: ``forward_fn(model, inputs)``, how the model eats one calibration batch
-            (default ``model(x)``, or ``model(**inputs)`` for dict batches).
+        forward_fn: ``forward_fn(model, batch)``, the same function ``train`` takes: it gets the
+            calibration data's batches as they come (in-memory tensors: chunks of the inputs);
+            default ``model(x)`` for an ``(x, y)`` batch, ``model(**batch)`` for a dict.
         device: move ``model`` there first (None: leave it where it is); the masks are built on
             the model's device.
         **hparams: the method's hyperparameters, e.g. ``scope="layer"``.
@@ -62,8 +64,6 @@ def prune(model: nn.Module, method: str = "magnitude", sparsity: float = 0.5, ma
     if masks is None and rule is not None:
         masks = Masks.ones(model, rule)
     if calib is not None:
-        from prunelab.training.batches import as_calibration
-
         calib = as_calibration(calib, forward_fn)
     result = pruner.prune(model, masks, sparsity, calib)
     warn_left_out(model, result)

@@ -163,12 +163,15 @@ def check_iterable(data, what: str = "data") -> Iterable:
 
 @dataclass
 class Calibration:
-    """Calibration batches (model inputs only) and the forward that uses them.
+    """Calibration batches and the forward that uses them.
 
     Attributes:
-        batches: model inputs, batch by batch (tensors or dicts), on the CPU or any device.
-        forward_fn: ``forward_fn(model, inputs)``; default ``model(x)`` for a tensor,
-            ``model(**inputs)`` for a dict.
+        batches: what ``forward_fn`` takes, batch by batch, on the CPU or any device: with a
+            ``forward_fn``, the batches as the data yields them (so the ``forward_fn`` written
+            for training works unchanged; in-memory tensors give tensor chunks of the inputs);
+            without one, the model inputs (labels dropped).
+        forward_fn: ``forward_fn(model, batch)``, the same function training takes; default
+            ``model(x)`` for a tensor, ``model(**inputs)`` for a dict.
     """
 
     batches: list
@@ -193,9 +196,10 @@ class Calibration:
         Raises:
             ConfigError: the inputs are not tensors (dict batches).
         """
-        if not all(isinstance(b, torch.Tensor) for b in self.batches):
+        inputs = [inputs_of(b) for b in self.batches]
+        if not all(isinstance(x, torch.Tensor) for x in inputs):
             raise ConfigError("this needs calibration inputs that are tensors, not dicts")
-        return torch.cat(list(self.batches)) if self.batches else torch.empty(0)
+        return torch.cat(inputs) if inputs else torch.empty(0)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -206,13 +210,14 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def as_calibration(calib, forward_fn: ForwardFn | None = None, batch_size: int = 1000,
                    max_samples: int | None = None) -> Calibration:
-    """Calibration inputs from any data (see the module docstring), labels dropped.
+    """Calibration batches from any data (see the module docstring): whole batches for a
+    ``forward_fn`` (as in training), the inputs with labels dropped for the default forward.
 
     Args:
         calib: a ``Split``/``Dataset``, one tensor of inputs, an ``(x, y)`` pair, a
             ``TensorDataset``, a ``DataLoader`` or any iterable of batches, or a
             :class:`Calibration` (returned as it is, with ``forward_fn`` set if given).
-        forward_fn: how the model eats one batch of inputs (see :class:`Calibration`).
+        forward_fn: ``forward_fn(model, batch)`` as in training (see :class:`Calibration`).
         batch_size: batch size when ``calib`` is in-memory tensors.
         max_samples: keep at most this many samples (the first ones).
 
@@ -236,7 +241,8 @@ def as_calibration(calib, forward_fn: ForwardFn | None = None, batch_size: int =
         return Calibration(list(x.split(batch_size)), forward_fn)
     batches, seen = [], 0
     for batch in check_iterable(calib, "calib"):
-        inputs = inputs_of(batch)
+        # A forward_fn written for training takes whole batches; the default forward takes inputs.
+        inputs = inputs_of(batch) if forward_fn is None else batch
         if max_samples is not None and seen >= max_samples:
             break
         n = batch_size_of(inputs)
@@ -252,7 +258,9 @@ def as_calibration(calib, forward_fn: ForwardFn | None = None, batch_size: int =
 
 def _head(inputs, n: int):
     if isinstance(inputs, torch.Tensor):
-        return inputs[:n]
+        return inputs[:n] if inputs.dim() else inputs
     if isinstance(inputs, Mapping):
-        return {k: (v[:n] if isinstance(v, torch.Tensor) and v.dim() else v) for k, v in inputs.items()}
+        return {k: _head(v, n) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_head(v, n) for v in inputs)
     return inputs

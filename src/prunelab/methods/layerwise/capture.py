@@ -5,7 +5,8 @@ The calibration data may be anything :func:`prunelab.training.batches.as_calibra
 ``(x, y)`` or of dicts of token ids, or a ``Calibration`` with its own ``forward_fn``). Tensor
 inputs of one shape are forwarded in chunks of the same size whichever way they came (so a
 ``Split``, a tensor and a ``DataLoader`` of the same data give the same rows bit for bit); other
-batches (dicts, tensors of varying shapes) are forwarded as they come. Every forward runs on the
+batches (dicts, tensors of varying shapes, whole batches for a ``forward_fn``) are forwarded as
+they come. Every forward runs on the
 model's device and stops as soon as the layer's rows are taken (the rest of the network is
 skipped). Rows stay on the model's device.
 
@@ -95,7 +96,9 @@ def calibration_feed(calib, forward_fn=None, batch_size: int = 1000) -> Calibrat
         calib: a ``Split``/``Dataset``, a tensor of inputs, an ``(x, y)`` pair, a
             ``TensorDataset``, a ``DataLoader`` or iterable of batches, a ``Calibration``, or a
             :class:`CalibrationFeed` (returned as it is).
-        forward_fn: ``forward_fn(model, inputs)``; default ``model(x)`` / ``model(**inputs)``.
+        forward_fn: ``forward_fn(model, batch)`` as in training (a ``DataLoader``'s batches reach it
+            whole; in-memory tensors as chunks of the inputs); default ``model(x)`` /
+            ``model(**inputs)``.
         batch_size: the largest chunk of tensor inputs forwarded at once.
 
     Returns:
@@ -105,7 +108,7 @@ def calibration_feed(calib, forward_fn=None, batch_size: int = 1000) -> Calibrat
         ConfigError: no data, empty data, or something that is not data.
 
     Example:
-        >>> feed = calibration_feed(loader, forward_fn=lambda model, ids: model(input_ids=ids))
+        >>> feed = calibration_feed(loader, forward_fn=lambda model, batch: model(input_ids=batch[0]))
         >>> data = capture(model, "fc1.weight", feed)
     """
     if isinstance(calib, CalibrationFeed):
@@ -282,7 +285,8 @@ def capture(model: nn.Module, param_name: str, x, *, reference: nn.Module | None
             with ``seed``; None keeps all.
         batch_size: samples per forward pass of tensor inputs.
         seed: seed of the row subsample.
-        forward_fn: ``forward_fn(model, inputs)`` running the model on one batch of inputs.
+        forward_fn: ``forward_fn(model, batch)`` running the model on one batch (see
+            :func:`calibration_feed`).
 
     Returns:
         :class:`LayerData` with matching rows of inputs and pre-activation outputs.
