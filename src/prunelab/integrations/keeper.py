@@ -22,7 +22,7 @@ from torch import nn
 from prunelab.core.masks import Masks
 from prunelab.core.prunable import PrunableRule, unwrap
 from prunelab.errors import ConfigError
-from prunelab.methods.gmp import GradualMagnitudePruning, masks_for
+from prunelab.methods.gmp import GradualMagnitudePruning, masks_for, optimizer_list
 
 
 def as_gmp(gmp: GradualMagnitudePruning | Mapping[str, Any] | None) -> GradualMagnitudePruning | None:
@@ -54,12 +54,8 @@ def torch_optimizers(optimizers) -> list[torch.optim.Optimizer]:
     """The plain torch optimizers behind ``optimizers`` (one, a list, or None), unwrapping
     accelerate's ``AcceleratedOptimizer`` and Lightning's ``LightningOptimizer``: their state is
     the inner optimizer's."""
-    if optimizers is None:
-        return []
-    if not isinstance(optimizers, (list, tuple)):
-        optimizers = [optimizers]
     out = []
-    for opt in optimizers:
+    for opt in optimizer_list(optimizers):
         for attribute in ("optimizer", "_optimizer"):
             while isinstance(getattr(opt, attribute, None), torch.optim.Optimizer) and getattr(opt, attribute) is not opt:
                 opt = getattr(opt, attribute)

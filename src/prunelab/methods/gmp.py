@@ -106,7 +106,7 @@ def masks_for(model: nn.Module, masks: Masks) -> Masks:
     return masks
 
 
-def _optimizers(optimizer) -> list:
+def optimizer_list(optimizer) -> list:
     """None, one optimizer, or a list of them (a framework may step several) as a list."""
     if optimizer is None:
         return []
@@ -198,7 +198,7 @@ class GradualMagnitudePruning(Callback):
         new = self.pruner.prune(model, masks, target)
         masks.update_(new)
         masks.apply(model)
-        for opt in _optimizers(optimizer):
+        for opt in optimizer_list(optimizer):
             masks.mask_optimizer_state(opt, model)
         self.events.append({"step": step, "target": target, "sparsity": masks.sparsity()})
 
@@ -286,7 +286,7 @@ class GradualMagnitudePruning(Callback):
         """
         masks = self.start(model, optimizer, masks, **prunable_kwargs)
         masks.apply(model)
-        for opt in _optimizers(optimizer):
+        for opt in optimizer_list(optimizer):
             masks.mask_optimizer_state(opt, model)
         self.steps_done += 1
         if self.is_event(self.steps_done):

@@ -222,8 +222,11 @@ def _build(stages, in_channels: int, width: float, depth: float, drop_path: floa
     return blocks
 
 
-def _check(width, depth) -> tuple[float, float]:
-    return positive_float("width", width), positive_float("depth", depth)
+def _check(in_shape, width, depth, drop_path=0.0, dropout=0.0) -> tuple[int, float, float, float, float]:
+    """The input channels and the checked multipliers and rates every mobile factory takes."""
+    channels, _, _ = chw(in_shape)
+    return (channels, positive_float("width", width), positive_float("depth", depth),
+            probability("drop_path", drop_path), probability("dropout", dropout))
 
 
 # (expand t, channels c, repeats n, stride s) of Sandler et al. (2018), Table 2; the strides of
@@ -252,9 +255,7 @@ def _mobilenetv2(in_shape, num_classes, *, width=0.5, depth=1.0, dropout=0.0):
         depth: repeat multiplier.
         dropout: dropout before the classifier (the paper uses 0.2 on ImageNet).
     """
-    channels, _, _ = chw(in_shape)
-    width, depth = _check(width, depth)
-    dropout = probability("dropout", dropout)
+    channels, width, depth, _, dropout = _check(in_shape, width, depth, dropout=dropout)
     stages = [(t, c, n, s, (3,), "relu6", 0.0) for t, c, n, s in _MOBILENETV2]
     stem = scaled(32, width)
     blocks = _build(stages, stem, width, depth)
@@ -290,10 +291,7 @@ def _efficientnet_b0(in_shape, num_classes, *, width=0.5, depth=1.0, drop_path=0
         drop_path: stochastic depth rate of the last block (0 = off).
         dropout: dropout before the classifier (the paper uses 0.2).
     """
-    channels, _, _ = chw(in_shape)
-    width, depth = _check(width, depth)
-    drop_path = probability("drop_path", drop_path)
-    dropout = probability("dropout", dropout)
+    channels, width, depth, drop_path, dropout = _check(in_shape, width, depth, drop_path, dropout)
     stages = [(t, c, n, s, (k,), "silu", 0.25) for t, c, n, s, k in _EFFICIENTNET_B0]
     stem = scaled(32, width)
     blocks = _build(stages, stem, width, depth, drop_path)
@@ -338,10 +336,7 @@ def _mixnet_s(in_shape, num_classes, *, width=0.5, depth=1.0, drop_path=0.0, dro
         drop_path: stochastic depth rate of the last block (0 = off).
         dropout: dropout before the classifier (the paper uses 0.2).
     """
-    channels, _, _ = chw(in_shape)
-    width, depth = _check(width, depth)
-    drop_path = probability("drop_path", drop_path)
-    dropout = probability("dropout", dropout)
+    channels, width, depth, drop_path, dropout = _check(in_shape, width, depth, drop_path, dropout)
     stem = scaled(16, width)
     blocks = _build(_MIXNET_S, stem, width, depth, drop_path)
     return sap_init(MobileNetwork(channels, num_classes, stem, blocks, 1536, "relu", dropout))
