@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from prunelab.core.patterns import check_pattern_sparsity, nm_keep_count, nm_mask, parse_pattern, pattern_name
 from prunelab.core.prunable import canonical_name, model_parameters, parameter_aliases, resolve_parameters, unwrap
 from prunelab.errors import ConfigError
 from prunelab.methods.layerwise.capture import (  # noqa: F401  (re-exported)
@@ -119,6 +120,9 @@ class LayerProblem:
         bias: ``(d_out,)`` current bias, or None.
         mask: ``(d_out, d_in)`` bool, True where a weight may stay non-zero (current survivors).
         n_keep: how many weights of the layer must survive (``<= mask.sum()``).
+        pattern: ``(n, m)`` when the new mask must keep exactly ``min(n, survivors)`` of every
+            ``m`` consecutive weights of a row (:mod:`prunelab.core.patterns`; ``n_keep`` is then
+            :func:`~prunelab.core.patterns.nm_keep_count`), else None.
     """
 
     data: LayerData
@@ -126,6 +130,7 @@ class LayerProblem:
     bias: torch.Tensor | None
     mask: torch.Tensor
     n_keep: int
+    pattern: tuple[int, int] | None = None
 
 
 # solve(problem) -> (weight, bias, mask, info): new (d_out, d_in) weights, bias (or None), bool
@@ -178,7 +183,7 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
                  layers: Sequence[str] | None = None, include_last: bool = False,
                  mode: str = "parallel", max_samples: int | None = None, batch_size: int = 1000,
                  seed: int = 0, log: Callable[[str], None] | None = None,
-                 forward_fn=None) -> tuple[dict, list[dict]]:
+                 forward_fn=None, pattern=None) -> tuple[dict, list[dict]]:
     """Prune the chosen layers one at a time with ``solve`` and write the results into ``model``.
 
     Each chosen layer is pruned to ``sparsity`` of its own weights (the same fraction in every
@@ -200,6 +205,9 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
         log: optional progress callback.
         forward_fn: ``forward_fn(model, inputs)`` running the model on one calibration batch
             (default ``model(x)``, ``model(**inputs)`` for dicts).
+        pattern: an N:M pattern (``"2:4"``, ``(2, 4)``; :func:`~prunelab.core.patterns.parse_pattern`)
+            every chosen layer's mask follows; ``sparsity`` must then be ``1 - N/M``. None: any
+            mask with the layer's keep count.
 
     Returns:
         ``(new_masks, infos)``: a dict name -> bool tensor (on its parameter's device) covering
@@ -214,6 +222,8 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
         raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    pattern = parse_pattern(pattern)
+    check_pattern_sparsity(pattern, sparsity)
     inner = unwrap(model)
     names = list(masks.keys())
     if layers is None:
@@ -243,14 +253,20 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
         mask2d = view.mask_matrix(masks[name]).contiguous()
         weight = view.matrix().clone(memory_format=torch.contiguous_format) * mask2d
         bias = None if view.bias is None else view.bias.data.clone()
-        n_keep = keep_count(mask2d.numel(), int(mask2d.sum()), sparsity)
+        if pattern is None:
+            n_keep = keep_count(mask2d.numel(), int(mask2d.sum()), sparsity)
+        else:
+            n_keep = nm_keep_count(mask2d, pattern)
         if view.groups == 1:
-            problem = LayerProblem(data, weight, bias, mask2d, n_keep)
+            problem = LayerProblem(data, weight, bias, mask2d, n_keep, pattern)
             new_w, new_b, new_mask, info = solve(problem)
         else:
-            new_w, new_b, new_mask, info = solve_groups(data, weight, bias, mask2d, n_keep, view.groups, solve)
+            new_w, new_b, new_mask, info = solve_groups(data, weight, bias, mask2d, n_keep, view.groups,
+                                                        solve, pattern)
         if new_mask.dtype != torch.bool or bool((new_mask & ~mask2d).any()):
             raise RuntimeError(f"solver revived pruned weights of {name}")  # pragma: no cover
+        if pattern is not None and int(new_mask.sum()) != n_keep:
+            raise RuntimeError(f"solver broke the {pattern_name(pattern)} pattern of {name}")  # pragma: no cover
         view.write(new_w * new_mask, new_b)
         new_masks[name] = view.to_parameter_shape(new_mask).reshape(masks[name].shape)
         kept = int(new_mask.sum())
@@ -294,7 +310,7 @@ def group_keep_counts(survivors: Sequence[int], n_keep: int) -> list[int]:
 
 
 def solve_groups(data: LayerData, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                 n_keep: int, groups: int, solve: Solver) -> tuple:
+                 n_keep: int, groups: int, solve: Solver, pattern: tuple[int, int] | None = None) -> tuple:
     """Solve a grouped conv as ``groups`` independent layers and put the results back together.
 
     Group ``g`` of a conv multiplies only its own input channels, so its rows of the weight matrix
@@ -310,6 +326,8 @@ def solve_groups(data: LayerData, weight: torch.Tensor, bias: torch.Tensor | Non
         n_keep: weights the layer keeps.
         groups: the conv's groups.
         solve: the layer solver.
+        pattern: an N:M pattern each group's rows follow (then each group keeps its own
+            :func:`~prunelab.core.patterns.nm_keep_count`), or None.
 
     Returns:
         ``(weight, bias, mask, info)`` as a solver returns them; ``info`` lists the groups' infos
@@ -317,19 +335,23 @@ def solve_groups(data: LayerData, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     d_out, d_in = weight.shape
     rows = d_out // groups
-    keeps = group_keep_counts([int(m.sum()) for m in mask.split(rows)], n_keep)
+    if pattern is None:
+        keeps = group_keep_counts([int(m.sum()) for m in mask.split(rows)], n_keep)
+    else:
+        keeps = [nm_keep_count(m, pattern) for m in mask.split(rows)]
     weights, biases, masks, group_infos = [], [], [], []
     for g in range(groups):
         out = slice(g * rows, (g + 1) * rows)
         part = LayerData(data.name, data.inputs[:, g * d_in:(g + 1) * d_in].contiguous(),
                          data.outputs[:, out].contiguous(), data.n_samples, data.rows_total)
         problem = LayerProblem(part, weight[out].contiguous(), None if bias is None else bias[out].clone(),
-                               mask[out].contiguous(), keeps[g])
+                               mask[out].contiguous(), keeps[g], pattern)
         if bool(part.inputs.any()):
             new_w, new_b, new_mask, info = solve(problem)
         else:
             new_w, new_b, info = problem.weight, problem.bias, {"dead_inputs": True}
-            new_mask = top_k_mask(problem.weight.abs(), problem.mask, keeps[g])
+            new_mask = (top_k_mask(problem.weight.abs(), problem.mask, keeps[g]) if pattern is None
+                        else nm_mask(problem.weight.abs(), pattern, problem.mask))
         weights.append(new_w)
         biases.append(new_b)
         masks.append(new_mask)
@@ -349,6 +371,9 @@ class LayerwiseHparams:
             or ``"sequential"`` (layer l sees the already-pruned layers' outputs).
         max_samples: at most this many calibration rows per layer (subsampled, seeded).
         seed: seeds the subsampling and the method's own randomness.
+        pattern: ``"N:M"`` (e.g. ``"2:4"``): every pruned layer keeps exactly N of every M
+            consecutive input weights (:mod:`prunelab.core.patterns`), and the sparsity must be
+            ``1 - N/M``; None: unstructured. Methods that cannot honour a pattern refuse it.
     """
 
     layers: tuple[str, ...] | None = None
@@ -356,11 +381,17 @@ class LayerwiseHparams:
     mode: str = "parallel"
     max_samples: int | None = None
     seed: int = 0
+    pattern: str | None = None
 
 
-def check_common_hparams(hparams, label: str) -> None:
-    """Normalise ``layers`` and check ``mode`` of a layer-wise method's frozen hparams in place."""
+def check_common_hparams(hparams, label: str, patterns: bool = True) -> None:
+    """Normalise ``layers`` and ``pattern`` and check ``mode`` of a layer-wise method's frozen
+    hparams in place; ``patterns=False`` refuses a pattern (a method that cannot honour one)."""
     object.__setattr__(hparams, "layers", as_layer_names(hparams.layers))
+    object.__setattr__(hparams, "pattern", pattern_name(parse_pattern(hparams.pattern)))
+    if hparams.pattern is not None and not patterns:
+        raise ConfigError(f"{label} does not offer N:M patterns; use magnitude, wanda, sparsegpt "
+                          "or lobs with pattern=...")
     if hparams.mode not in MODES:
         raise ConfigError(f"{label} mode must be one of {MODES}, got {hparams.mode!r}")
 
@@ -393,7 +424,7 @@ def prune_with_solver(label: str, model: nn.Module, masks, sparsity: float, cali
     new, info = prune_layers(
         model, masks, sparsity, calib, solve, layers=hparams.layers,
         include_last=hparams.include_last, mode=hparams.mode, max_samples=hparams.max_samples,
-        seed=hparams.seed)
+        seed=hparams.seed, pattern=hparams.pattern)
     result = Masks(new)
     result.apply(model)
     return result, info

@@ -344,7 +344,7 @@ class FetaHparams(LayerwiseHparams):
     shrink_bias: bool = False
 
     def __post_init__(self):
-        check_common_hparams(self, "FeTa")
+        check_common_hparams(self, "FeTa", patterns=False)
         if self.init not in INITS:
             raise ConfigError(f"FeTa init must be one of {INITS}, got {self.init!r}")
         for name in ("outer_iters", "epochs", "batch_size", "search_steps"):

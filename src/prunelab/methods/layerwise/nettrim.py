@@ -382,7 +382,7 @@ class NetTrimHparams(LayerwiseHparams):
     refit: bool = False
 
     def __post_init__(self):
-        check_common_hparams(self, "Net-Trim")
+        check_common_hparams(self, "Net-Trim", patterns=False)
         if not 0 < self.epsilon_min < self.epsilon_max:
             raise ConfigError("Net-Trim needs 0 < epsilon_min < epsilon_max")
         if self.epsilon <= 0:
