@@ -119,6 +119,25 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
 finite = number()
 #: A fraction to prune, in [0, 1).
 sparsity = number(0, 1, high_open=True, what="a fraction")
+
+
+def pattern(text: str) -> str:
+    """An argparse type: an N:M pattern such as ``2:4`` (returned as ``"N:M"``).
+
+    Example:
+        >>> pattern(" 2:4 ")
+        '2:4'
+    """
+    from prunelab.core.patterns import parse_pattern, pattern_name
+    from prunelab.errors import PrunelabError
+
+    try:
+        return pattern_name(parse_pattern(text))
+    except PrunelabError:
+        raise argparse.ArgumentTypeError(f"expected N:M with 1 <= N < M <= 256 (e.g. 2:4), got {text!r}") from None
+
+
+pattern = _named(pattern, "pattern")
 #: A seed: a whole number every generator accepts.
 seed = count(0, MAX_SEED)
 

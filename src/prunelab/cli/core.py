@@ -32,13 +32,17 @@ def register(sub) -> None:
     p = sub.add_parser("prune", help="prune a checkpoint with a one-shot method (optionally retrain)")
     p.add_argument("checkpoint")
     p.add_argument("--method", default="magnitude", help="one-shot method (see `prunelab info`)")
-    p.add_argument("--sparsity", type=checks.sparsity, required=True, help="fraction of prunable weights to prune, in [0, 1)")
+    p.add_argument("--sparsity", type=checks.sparsity,
+                   help="fraction of prunable weights to prune, in [0, 1) (required unless --pattern gives it)")
+    p.add_argument("--pattern", type=checks.pattern,
+                   help="N:M semi-structured sparsity, e.g. 2:4: every pruned layer keeps N of every M consecutive "
+                        "input weights (magnitude, lobs, sparsegpt, wanda); --sparsity defaults to 1 - N/M")
     add_assignment_option(p, "--hparam", "method hyperparameter, e.g. scope=layer (see `prunelab info METHOD`)")
     add_data_args(p, dataset_default=None)
     add_train_options(p, prefix="retrain-", title="retraining after pruning (none with --retrain-epochs 0)",
                       epochs=0, optimizer="adam", lr=5e-4)
     p.add_argument("--calib-samples", type=checks.count(1), default=5000,
-                   help="calibration samples for data-aware methods (feta, nettrim, lobs), >= 1")
+                   help="calibration samples for the layer-wise methods (feta, nettrim, lobs, sparsegpt, wanda), >= 1")
     p.add_argument("--eval", action="store_true", help="evaluate on the test split after pruning")
     _add_run_args(p, "seeds the calibration sample and the retraining batch order")
     add_device_option(p)
@@ -117,12 +121,27 @@ def _calibration_split(args, data):
     return Split(data.train.x[idx], data.train.y[idx])
 
 
+def _prune_sparsity(args, hparams: dict) -> float:
+    """``--sparsity``, or the one an N:M ``pattern`` (``--pattern`` or ``--hparam pattern=...``) implies."""
+    from prunelab.core.patterns import check_pattern_sparsity, parse_pattern, pattern_sparsity
+
+    if args.sparsity is not None:
+        if hparams.get("pattern") is not None:
+            check_pattern_sparsity(parse_pattern(hparams["pattern"]), args.sparsity)
+        return args.sparsity
+    if hparams.get("pattern") is None:
+        raise ConfigError("prune: argument --sparsity is required unless --pattern N:M (or --hparam pattern=N:M) "
+                          "gives it")
+    return pattern_sparsity(parse_pattern(hparams["pattern"]))
+
+
 def cmd_prune(args) -> int:
     """Prune a checkpoint with a one-shot method, optionally retrain, save it."""
     from prunelab import methods
     from prunelab.api import prune
     from prunelab.core.checkpoints import load_checkpoint, save_checkpoint
     from prunelab.core.metrics import summary
+    from prunelab.methods.layerwise.driver import LayerwiseHparams
     from prunelab.training.loop import evaluate, train
 
     checks.input_file(args.checkpoint)
@@ -133,15 +152,18 @@ def cmd_prune(args) -> int:
     if cls.family != "oneshot":
         raise ConfigError(f"method {args.method!r} trains while pruning ({cls.family}); use `prunelab bench` or its own command")
     hparams = dict(args.hparam or [])
+    if args.pattern is not None:
+        hparams["pattern"] = args.pattern
+    sparsity = _prune_sparsity(args, hparams)
     cls(**hparams)   # refuses an unknown or bad hyperparameter before anything is loaded
     ckpt = load_checkpoint(args.checkpoint)
-    needs_data = args.retrain_epochs > 0 or args.method in ("feta", "nettrim", "lobs") or args.eval
+    needs_data = args.retrain_epochs > 0 or issubclass(cls.Hparams, LayerwiseHparams) or args.eval
     data = checkpoint_data(args, ckpt.meta) if needs_data else None
     calib = _calibration_split(args, data)
     ckpt.model.to(device)
     start_masks = None if ckpt.masks is None else ckpt.masks.to(device)
     t0 = time.perf_counter()
-    masks = prune(ckpt.model, args.method, args.sparsity, masks=start_masks, calib=calib, device=device, **hparams)
+    masks = prune(ckpt.model, args.method, sparsity, masks=start_masks, calib=calib, device=device, **hparams)
     if distributed.is_active():
         # Computed on every rank, but rank 0's result is the one kept (weights too: some methods
         # rewrite them), so a method that is not bit-deterministic across processes is still safe.
@@ -162,7 +184,7 @@ def cmd_prune(args) -> int:
     s = summary(ckpt.model, masks)
     metrics.update({k: s[k] for k in ("sparsity", "compression_ratio", "theoretical_speedup") if k in s})
     extra = dict(ckpt.meta.get("extra", {}))
-    extra["pruning"] = {"method": args.method, "hparams": hparams, "sparsity": args.sparsity}
+    extra["pruning"] = {"method": args.method, "hparams": hparams, "sparsity": sparsity}
     if distributed.is_main():
         out = save_checkpoint(args.out, ckpt.model, masks, metrics=metrics, extra=extra)
         print(f"saved {out}")
