@@ -298,3 +298,20 @@ def test_gini_masks_and_scopes(net_and_masks):
     all_w = torch.cat([params[n].detach().reshape(-1) for n in masks])
     all_m = torch.cat([masks[n].reshape(-1) for n in masks])
     assert gini_index_model(net, masks)["global"] == pytest.approx(gini_index(all_w, all_m), abs=1e-13)
+
+
+def test_neuron_scope_of_a_depthwise_conv_is_one_filter_per_channel():
+    # Depthwise 3x3 over 3 channels: a neuron is a channel's own 9 weights.
+    conv = torch.nn.Conv2d(3, 3, 3, groups=3, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0].fill_(1.0)              # constant filter: I = 0
+        conv.weight[1, 0, 0, 0] = 2.0          # 1-sparse filter: I = 1 - 9^(1/q - 1/p)
+        conv.weight[2, 0, 0, :] = torch.tensor([1.0, 1.0, 4.0])
+    model = torch.nn.Sequential(conv)
+    index = pq_index_model(model, p=0.5, q=1.0, scope="neuron")["0.weight"]
+    assert index.shape == (3,)
+    assert index[0].item() == pytest.approx(0.0, abs=1e-12)
+    assert index[1].item() == pytest.approx(1 - 9 ** (1 / 1.0 - 1 / 0.5), rel=1e-9)
+    # Three non-zeros 1, 1, 4 among 9: I = 1 - 9^(1 - 2) · (Σ√|w|)² / Σ|w| = 1 - (1/9) · 16 / 6.
+    assert index[2].item() == pytest.approx(1 - 16 / 54, rel=1e-9)
