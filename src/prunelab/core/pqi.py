@@ -11,13 +11,9 @@ unmasked weights at three scopes: ``neuron`` (one value per output unit, i.e. pe
 weight reshaped to ``(out, -1)``), ``layer`` (one per weight tensor) and ``global`` (all prunable
 weights together), over the grid p ∈ {0.1, …, 1.0} × q ∈ {1.0, …, 2.0}.
 
-What a neuron is in a grouped convolution (a choice: the paper has no grouped layers). The weight
-of ``Conv2d(C_in, C_out, k, groups=g)`` has shape ``(C_out, C_in/g, k, k)``, so a neuron is one
-output channel with the ``C_in/g · k²`` weights that feed it; in a depthwise convolution
-(``g = C_in = C_out``) that is the channel's own k×k filter, 9 weights for a 3×3 kernel. The index
-of so few weights moves in large steps (at d = 9 its range is [0, 1 − 9^{1/q−1/p}], 0.67 for
-(p, q) = (0.5, 1)), and neuron-scope SAP prunes whole weights out of it one at a time; the layer
-scope pools a depthwise layer's channels into one index.
+A neuron of a grouped conv (our choice; the paper has none) is one output channel and the
+``C_in/g · k²`` weights feeding it: in a depthwise conv its own k×k filter (9 weights for 3×3, where
+the index ranges over [0, 1 − 9^{1/q−1/p}]); the layer scope pools the channels into one index.
 
 Edge cases (documented choices):
     * d = 0 (everything masked): I = 0, as in the paper's code.
