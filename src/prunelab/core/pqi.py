@@ -9,11 +9,8 @@ For 0 < p < q and non-zero w in R^d (d = number of weights that remain, i.e. are
 larger means sparser. The paper's code (``modules/sparsity_index.py``) computes it for the
 unmasked weights at three scopes: ``neuron`` (one value per output unit, i.e. per row of the
 weight reshaped to ``(out, -1)``), ``layer`` (one per weight tensor) and ``global`` (all prunable
-weights together), over the grid p ∈ {0.1, …, 1.0} × q ∈ {1.0, …, 2.0}.
-
-A neuron of a grouped conv (our choice; the paper has none) is one output channel and the
-``C_in/g · k²`` weights feeding it: in a depthwise conv its own k×k filter (9 weights for 3×3, where
-the index ranges over [0, 1 − 9^{1/q−1/p}]); the layer scope pools the channels into one index.
+weights together), over the grid p ∈ {0.1, …, 1.0} × q ∈ {1.0, …, 2.0}. A neuron of a grouped
+conv (our choice) is one output channel: in a depthwise conv its own k×k filter (9 weights for 3×3).
 
 Edge cases (documented choices):
     * d = 0 (everything masked): I = 0, as in the paper's code.
