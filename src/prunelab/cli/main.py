@@ -85,6 +85,8 @@ def main(argv=None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
+        # --shard: every training of the command goes through FSDP (train(shard=None) reads this).
+        distributed.set_sharding(True if getattr(args, "shard", False) else None)
         if distributed.is_main():
             status = int(args.func(args) or 0)
         else:
@@ -106,6 +108,8 @@ def main(argv=None) -> int:
                             "--batch-size or --limit, or a machine with more memory", 2)
     except BrokenPipeError:
         return 1
+    finally:
+        distributed.set_sharding(None)
 
 
 if __name__ == "__main__":

@@ -250,6 +250,9 @@ def add_device_option(parser: argparse.ArgumentParser, default: str = "auto", no
     parser.add_argument("--device", default=default, type=_device_name, metavar="DEVICE",
                         help=f"where to compute: {DEVICE_CHOICES}; auto takes CUDA when available, else the CPU"
                              f"{'; ' + note if note else ''} (default: %(default)s)")
+    parser.add_argument("--shard", action="store_true",
+                        help="under torchrun, train with FSDP (parameters, gradients and optimizer state sharded "
+                             "across ranks) instead of DistributedDataParallel; for models too large for one device")
 
 
 def _no_cuda_reason() -> str:

@@ -95,10 +95,10 @@ class Masks(Mapping):
     def _float_masks(self, like: list[torch.Tensor]) -> list[torch.Tensor]:
         """The masks as tensors of the parameters' dtype and device, cached (a multiply is the
         cheapest way to zero entries, and converting every step would cost as much as it)."""
-        key = tuple((t.dtype, t.device) for t in like)
+        key = tuple((t.dtype, t.device, type(t)) for t in like)
         cached = self._cache.get("float")
         if cached is None or cached[0] != key:
-            cached = (key, [m.to(device=t.device, dtype=t.dtype) for m, t in zip(self._masks.values(), like)])
+            cached = (key, [_like(m, t) for m, t in zip(self._masks.values(), like)])
             self._cache["float"] = cached
         return cached[1]
 
@@ -348,6 +348,17 @@ class Masks(Mapping):
         if not masks:
             raise MaskError("the model has no torch.nn.utils.prune masks (no '*_mask' buffers)")
         return cls(masks)
+
+
+def _like(mask: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """``mask`` as ``tensor``'s dtype and device; for a sharded ``DTensor`` (FSDP) this rank's
+    piece of it, sharded the same way (cut locally: no communication)."""
+    if type(tensor).__name__ == "DTensor":
+        from torch.distributed.tensor import distribute_tensor
+
+        local = mask.to(device=tensor.device, dtype=tensor.dtype)
+        return distribute_tensor(local, tensor.device_mesh, tensor.placements, src_data_rank=None)
+    return mask.to(device=tensor.device, dtype=tensor.dtype)
 
 
 class MaskHandle:

@@ -13,9 +13,11 @@ iterable of batches is used as it comes, one pass per epoch.
 
 Under ``torch.distributed`` with several ranks (``prunelab.training.distributed``), in-memory data
 are sharded here: every rank draws the same seeded permutation, takes every ``world``-th sample of
-each global batch of ``batch_size``, and the gradients are summed across ranks after backward; the
-loss is scaled so the sum equals the gradient of the global batch mean, so a run on N ranks follows
-the single-process run (see :func:`train`). Other data are taken as sharded by the user.
+each global batch of ``batch_size``, and the gradients are summed across ranks by
+DistributedDataParallel during backward (or FSDP with ``shard=True``,
+``prunelab.training.distributed.parallel``); the loss is scaled so the sum equals the gradient of
+the global batch mean, so a run on N ranks follows the single-process run (see :func:`train`).
+Other data are taken as sharded by the user.
 
 ``TrainConfig.amp`` runs the forward and the task loss under autocast (``training.guards.Precision``);
 a batch whose task loss is not finite or far above the first batch's stops the run with a
@@ -131,6 +133,7 @@ def train(
     forward_fn=None,
     loss_fn=None,
     device: torch.device | str | None = None,
+    shard: bool | None = None,
 ) -> TrainState:
     """Train ``model`` in place.
 
@@ -164,6 +167,10 @@ def train(
             cross-entropy against the labels).
         device: move the model there first (default: train where the model is); batches follow
             the model.
+        shard: with several ranks, train through FSDP (``fully_shard``: parameters, gradients and
+            optimizer state sharded) instead of DistributedDataParallel; default
+            ``prunelab.training.distributed.sharding_default()`` (``--shard``,
+            ``PRUNELAB_DIST_SHARD``). See ``prunelab.training.distributed.fsdp`` for its limits.
 
     Returns:
         The final :class:`TrainState` (``history`` has per-epoch ``train_loss``, ``train_top1``,
@@ -182,11 +189,14 @@ def train(
     With in-memory tensors ``config.batch_size`` stays the *global* batch: rank r trains on samples
     r, r + world, ... of each batch of the shared seeded permutation, its loss is its summed task
     loss divided by the global batch size (plus callback extra losses divided by the number of
-    ranks), and the gradients of the optimizer's parameters are summed across ranks after
-    backward, so every rank makes the single-process update (up to float summation order). Any
-    other data are taken as already sharded by the user (e.g. a ``DataLoader`` with a
-    ``DistributedSampler``): each rank uses its own batches, its mean loss is divided by the number
-    of ranks so that the summed gradients are the mean of the ranks' gradients, and the ranks must
+    ranks), and the ranks' gradients are summed (DistributedDataParallel's bucketed all-reduce
+    during backward, on the loss times the number of ranks since DDP averages; parameters of the
+    optimizer outside the model are reduced after backward), so every rank makes the
+    single-process update (up to float summation order). ``forward_fn`` then receives the DDP
+    wrapper (attributes it lacks are read from the model). Any other data are taken as already
+    sharded by the user (e.g. a ``DataLoader`` with a ``DistributedSampler``): each rank uses its
+    own batches, its mean loss is divided by the number of ranks so that the summed gradients are
+    the mean of the ranks' gradients, and the ranks must
     yield equally many batches (else a ConfigError on every rank). Masks, clipping, constraints and
     the optimizer then act on identical values. History and validation metrics are all-reduced
     (identical on every rank); batch-norm statistics come from each rank's shard and the buffers
@@ -214,47 +224,55 @@ def train(
     device = model_device(model)
     precision = Precision(config.amp, device)
     steps_per_epoch = source.steps_per_epoch
-    if optimizer is None:
-        optimizer = make_optimizer(model.parameters(), config)
-    if scheduler is None:
-        if steps_per_epoch is None and config.schedule in SCHEDULES_NEEDING_STEPS:
-            raise ConfigError(f"schedule {config.schedule!r} needs the number of steps per epoch, but the training "
-                              "data have no len(); pass data with a length (a list, a DataLoader over a map-style "
-                              "dataset), schedule 'constant' or 'inverse', or your own scheduler=")
-        scheduler = make_scheduler(optimizer, config, steps_per_epoch or 1)
+    if scheduler is None and steps_per_epoch is None and config.schedule in SCHEDULES_NEEDING_STEPS:
+        raise ConfigError(f"schedule {config.schedule!r} needs the number of steps per epoch, but the training "
+                          "data have no len(); pass data with a length (a list, a DataLoader over a map-style "
+                          "dataset), schedule 'constant' or 'inverse', or your own scheduler=")
     if masks is not None:
         masks.validate(model)
         masks.apply(model)
-        masks.mask_optimizer_state(optimizer, model)
     callbacks = list(callbacks)
+    engine = None
     if world > 1:
         progress = progress if rank == 0 else False
         if _dist.checks_enabled():
             if masks is not None:
                 _dist.assert_masks_equal_across_ranks(masks)
             _dist.assert_params_equal_across_ranks(model)
-        # The optimizer's parameters are what gets updated, so what must see the same gradient.
-        synced = list({id(p): p for g in optimizer.param_groups for p in g["params"] if p.requires_grad}.values())
         wants_batch_end = any(type(cb).on_batch_end is not Callback.on_batch_end for cb in callbacks)
-    state = TrainState(model, optimizer, scheduler, config, masks, steps_per_epoch=steps_per_epoch or 0)
-    constrained = _has_constraints(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    wants_extra = [cb for cb in callbacks if type(cb).extra_loss is not Callback.extra_loss]
-    forward, task_loss = forward_fn or default_forward, loss_fn or default_loss
-    guard = DivergenceGuard()
-    # An asynchronous copy *to* the CPU could be read before it lands; to an accelerator it is safe.
-    to_accelerator = device.type != "cpu"
-    # float64 sums of the epoch's loss where the model is (MPS has no float64).
-    sum_dtype = torch.float32 if device.type == "mps" else torch.float64
-    total_steps = config.epochs * steps_per_epoch if steps_per_epoch is not None else None
-    bar = progress_bar(total=total_steps, desc=label, enabled=progress, unit="step")
-    show_progress = not bar.disable
-    best_score, best_params = -1.0, None
-
-    for cb in callbacks:
-        cb.on_train_begin(state)
-    model.train()
+        # DDP, or FSDP on a sharded copy (net) of the model (training.distributed.parallel).
+        engine = _dist.DataParallel(model, _dist.sharding_default() if shard is None else shard)
+    net = model if engine is None else engine.net
+    bar, finished = None, False
     try:
+        if optimizer is None:
+            optimizer = make_optimizer(net.parameters(), config)
+        elif engine is not None:
+            engine.adopt(optimizer)
+        if scheduler is None:
+            scheduler = make_scheduler(optimizer, config, steps_per_epoch or 1)
+        if masks is not None:
+            masks.mask_optimizer_state(optimizer, net)
+        if engine is not None:
+            engine.attach(optimizer)
+        state = TrainState(net, optimizer, scheduler, config, masks, steps_per_epoch=steps_per_epoch or 0)
+        constrained = _has_constraints(net)
+        params = [p for p in net.parameters() if p.requires_grad]
+        wants_extra = [cb for cb in callbacks if type(cb).extra_loss is not Callback.extra_loss]
+        forward, task_loss = forward_fn or default_forward, loss_fn or default_loss
+        guard = DivergenceGuard()
+        # An asynchronous copy *to* the CPU could be read before it lands; to an accelerator it is safe.
+        to_accelerator = device.type != "cpu"
+        # float64 sums of the epoch's loss where the model is (MPS has no float64).
+        sum_dtype = torch.float32 if device.type == "mps" else torch.float64
+        total_steps = config.epochs * steps_per_epoch if steps_per_epoch is not None else None
+        bar = progress_bar(total=total_steps, desc=label, enabled=progress, unit="step")
+        show_progress = not bar.disable
+        best_score, best_params = -1.0, None
+
+        for cb in callbacks:
+            cb.on_train_begin(state)
+        net.train()
         for epoch in range(config.epochs):
             if state.stop:
                 break
@@ -272,7 +290,7 @@ def train(
                 size = batch_size_of(batch)
                 optimizer.zero_grad(set_to_none=True)
                 with precision.autocast():
-                    out = forward(model, batch)
+                    out = forward(model, batch) if engine is None else engine.forward(forward, batch)
                     if world == 1 or not source.in_memory:
                         mean_loss = task_loss(out, batch)
                         # Other data are sharded by the user: the ranks' mean gradients are averaged.
@@ -304,22 +322,25 @@ def train(
                 for cb in wants_extra:
                     extra = cb.extra_loss(state)
                     if extra is not None:
-                        # Every rank adds the whole term and the gradients are summed over ranks.
+                        # Every rank adds the whole term; the ranks' terms sum to it.
                         total_loss = total_loss + (extra if world == 1 else extra / world)
-                precision.backward(total_loss)
-                if world > 1:
-                    _dist.sum_gradients_(synced)
+                if engine is None:
+                    precision.backward(total_loss)
+                else:
+                    # The shares sum to the single-process loss and DDP/FSDP average: scale by world.
+                    precision.backward(total_loss * engine.loss_scale)
+                    engine.after_backward()
                 if masks is not None:
-                    masks.mask_grads(model)
+                    masks.mask_grads(net)
                 if config.clip_grad_norm is not None:
                     precision.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
                 precision.step(optimizer)
                 if constrained:
-                    _apply_constraints(model)
+                    _apply_constraints(net)
                 if masks is not None:
-                    masks.apply(model)
-                    masks.mask_optimizer_state(optimizer, model)
+                    masks.apply(net)
+                    masks.mask_optimizer_state(optimizer, net)
                 scheduler.step()
                 state.step += 1
                 steps += 1
@@ -351,14 +372,17 @@ def train(
                 if world == 1:
                     metrics = evaluate(model, val, config.eval_batch_size, forward_fn=forward_fn, loss_fn=loss_fn)
                 else:
-                    metrics = evaluate_distributed(model, val, config.eval_batch_size, rank, world,
-                                                   forward_fn=forward_fn, loss_fn=loss_fn)
+                    with engine.evaluation() as evaluated:
+                        metrics = evaluate_distributed(evaluated, val, config.eval_batch_size, rank, world,
+                                                       forward_fn=forward_fn, loss_fn=loss_fn)
                 model.train()
+                net.train()
                 record["val_loss"], record["val_top1"] = metrics["loss"], metrics["top1"]
                 score = metrics["top1"] if metrics["top1"] is not None else -metrics["loss"]
                 if select_best and (score >= best_score or best_params is None and not math.isnan(score)):
                     best_score = score
-                    best_params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best_params = (engine.full_state_dict() if engine is not None
+                                   else {k: v.detach().clone() for k, v in model.state_dict().items()})
                     state.best = dict(record)
             record["seconds"] = time.perf_counter() - t0
             state.history.append(record)
@@ -367,9 +391,15 @@ def train(
                 cb.on_epoch_end(state)
             if world > 1:
                 state.stop = _dist.any_rank(state.stop)
+        finished = True
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        if engine is not None:
+            # FSDP gathers the model whole again: collective, so not on a failing rank's way out.
+            engine.close(gather=finished)
     state.batch = state.output = None
+    state.model = model
     if select_best and best_params is not None:
         model.load_state_dict(best_params)
     for cb in callbacks:

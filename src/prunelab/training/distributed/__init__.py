@@ -1,8 +1,11 @@
 """Multi-process training with ``torch.distributed``: setup, rank helpers, cross-rank checks.
 
 prunelab runs data-parallel: every rank holds the whole model, the same masks and the same
-optimizer state, and takes its share of every global batch; :func:`prunelab.train` sums the
-gradients across ranks (:func:`sum_gradients_`) so every rank makes the same update. Pruning
+optimizer state, and takes its share of every global batch; :func:`prunelab.train` steps through
+torch's ``DistributedDataParallel`` (bucketed all-reduce overlapping the backward pass) so every
+rank makes the same update, or, with ``shard=True`` (``--shard``), through FSDP's ``fully_shard``,
+which shards parameters, gradients and optimizer state across ranks (:mod:`.parallel`,
+:mod:`.fsdp`). Pruning
 under data parallelism breaks in two ways: ranks that end up with different masks (a pruning step
 that is not deterministic, or that sees different weights on different ranks), and runs that
 hang when one rank fails while the others wait in a collective. This package guards against both:
@@ -29,7 +32,7 @@ reads its environment variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MAS
 
 The submodules: :mod:`.ranks` (who this process is, and the state the others share),
 :mod:`.setup` (:func:`init`, :func:`shutdown`), :mod:`.watchdog`, :mod:`.collectives`,
-:mod:`.checks`. Tunables such as the watchdog's poll interval live in, and are read from, their
+:mod:`.checks`, :mod:`.parallel` (the DDP/FSDP engine of ``train``), :mod:`.fsdp`. Tunables such as the watchdog's poll interval live in, and are read from, their
 submodule (``prunelab.training.distributed.watchdog.POLL_S``). This package imports only the core
 (``errors``, ``masks``), so the training loop may use it.
 """
@@ -49,11 +52,12 @@ from prunelab.training.distributed.collectives import (
     all_reduce_sum, any_rank, barrier, broadcast_buffers, broadcast_json, broadcast_masks, broadcast_module,
     sum_gradients_,
 )
+from prunelab.training.distributed.parallel import ENV_SHARD, DataParallel, set_sharding, sharding_default
 
 __all__ = [
     "DistributedError", "init", "shutdown", "is_active", "world_size", "rank", "local_rank", "is_main",
     "device", "single_process", "barrier", "broadcast_masks", "broadcast_module", "broadcast_json",
     "assert_masks_equal_across_ranks", "assert_params_equal_across_ranks", "sum_gradients_",
     "all_reduce_sum", "any_rank", "report_failure", "failure_message", "broadcast_buffers", "launched",
-    "checks_enabled", "tensor_digest",
+    "checks_enabled", "tensor_digest", "DataParallel", "set_sharding", "sharding_default", "ENV_SHARD",
 ]

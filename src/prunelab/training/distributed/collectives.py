@@ -80,8 +80,8 @@ def any_rank(flag: bool) -> bool:
 def sum_gradients_(params: list[torch.Tensor]) -> None:
     """Sum the gradients of ``params`` across ranks, in place (one all-reduce per dtype).
 
-    The training loop scales each rank's loss so that the sum is the gradient of the global batch
-    mean. A gradient that is None on every rank stays None (optimizers skip such parameters, and
+    ``train`` reduces the model's gradients with DistributedDataParallel and uses this for the
+    optimizer's parameters outside the model (divided by the number of ranks there). A gradient that is None on every rank stays None (optimizers skip such parameters, and
     weight decay must not touch them); one that is None on some ranks only counts as zero there.
 
     Args:
