@@ -34,7 +34,7 @@ TARGET = 0.5
 PROMISES = {
     "magnitude": "exact", "random": "exact", "gmp": "exact", "ltp": "exact",
     "os": "exact", "lt": "exact", "sap": "exact",
-    "feta": "layers", "lobs": "layers", "nettrim": "layers",
+    "feta": "layers", "lobs": "layers", "nettrim": "layers", "sparsegpt": "layers", "wanda": "layers",
     "hard-threshold": "layers-at-most",
     "grda": "reported",
 }

@@ -8,6 +8,8 @@
 - :func:`save_sparse` / :func:`load_sparse` store a model as compressed sparse tensors in
   safetensors with JSON metadata; :func:`storage_sizes` compares with dense and gzip.
 - :func:`export_onnx` writes the pruned model as ONNX; :func:`check_onnx` compares onnxruntime.
+- :func:`to_semi_structured` puts 2:4-pruned Linear layers on CUDA's semi-structured sparse
+  kernels (``torch.sparse.to_sparse_semi_structured``).
 
 Example:
     >>> from prunelab.export import make_permanent, to_sparse, save_sparse
@@ -22,11 +24,12 @@ from prunelab.export.convert import sparse_layers, to_sparse
 from prunelab.export.modules import SparseConv2d, SparseLinear
 from prunelab.export.onnx_export import check_onnx, export_onnx, onnxruntime_session
 from prunelab.export.permanent import make_permanent, plain_copy
+from prunelab.export.semi_structured import semi_structured_reason, to_semi_structured
 from prunelab.export.storage import load_sparse, save_sparse, storage_sizes
 from prunelab.export.timing import interleaved
 
 __all__ = [
     "make_permanent", "plain_copy", "to_sparse", "sparse_layers", "SparseLinear", "SparseConv2d",
     "save_sparse", "load_sparse", "storage_sizes", "export_onnx", "check_onnx", "onnxruntime_session",
-    "interleaved",
+    "interleaved", "to_semi_structured", "semi_structured_reason",
 ]

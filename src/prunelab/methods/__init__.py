@@ -79,7 +79,7 @@ def hparam_docs(name: str) -> dict[str, dict]:
 
 # Each module registers itself on import; one that fails to import is an error, never a silent skip.
 for _module in ("magnitude", "hard_threshold", "layerwise.feta", "layerwise.nettrim", "layerwise.lobs",
-                "iterative", "ltp", "gmp", "grda.method"):
+                "layerwise.sparsegpt", "layerwise.wanda", "iterative", "ltp", "gmp", "grda.method"):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [

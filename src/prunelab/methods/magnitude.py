@@ -7,6 +7,13 @@ deterministically: among equal magnitudes the earlier weight (module order, then
 order) is pruned first. On repeated calls already-pruned weights stay pruned and the new prunes
 come from the survivors, so masks are monotone.
 
+With an N:M ``pattern`` (``"2:4"``; :mod:`prunelab.core.patterns`) every prunable weight, seen as
+its ``(d_out, d_in)`` matrix (a conv kernel flattened, a HuggingFace ``Conv1D`` transposed), keeps
+the N largest scores of every M consecutive input weights of each row
+(:func:`~prunelab.core.patterns.nm_mask`: a short last group keeps ``min(N, r)``, a group with
+fewer than N survivors keeps them all, ties keep the lower column). The pattern fixes how many go
+in every group, so ``scope`` is irrelevant and ``sparsity`` must be ``1 - N/M``.
+
 The k-th smallest magnitude is found without sorting: a strided sample of 65,536 magnitudes
 brackets it, one counting pass over the weights finds how many lie below the bracket and gathers
 the few inside it, and ``kthvalue`` on those gives the exact value; a second pass writes the
@@ -24,6 +31,8 @@ from torch import nn
 
 from prunelab.errors import ConfigError, MaskError
 from prunelab.core.masks import Masks, prunable_parameters, resolve_parameters
+from prunelab.core.patterns import check_pattern_sparsity, from_matrix_view, matrix_view, nm_mask, parse_pattern, pattern_name
+from prunelab.core.prunable import canonical_name, is_hf_conv1d, parameter_aliases, unwrap
 from prunelab.methods import register
 from prunelab.methods.base import OneShotMethod, check_sparsity
 
@@ -177,14 +186,19 @@ class MagnitudeHparams:
 
     Attributes:
         scope: ``"global"`` (one threshold over all prunable weights) or ``"layer"`` (the same
-            fraction pruned in every layer).
+            fraction pruned in every layer); irrelevant with a pattern.
+        pattern: ``"N:M"`` (e.g. ``"2:4"``): keep the N largest of every M consecutive input
+            weights of each row of every weight matrix; the sparsity must then be ``1 - N/M``.
+            None: unstructured.
     """
 
     scope: str = "global"
+    pattern: str | None = None
 
     def __post_init__(self):
         if self.scope not in SCOPES:
             raise ConfigError(f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
+        object.__setattr__(self, "pattern", pattern_name(parse_pattern(self.pattern)))
 
 
 def _current(model: nn.Module, masks: Masks | None) -> tuple[dict[str, torch.Tensor], Masks | None]:
@@ -196,13 +210,32 @@ def _current(model: nn.Module, masks: Masks | None) -> tuple[dict[str, torch.Ten
     return resolve_parameters(model, masks), masks
 
 
-def _prune_by_scores(model, masks, sparsity, scope, scores: dict[str, torch.Tensor]) -> Masks:
+def _pattern_masks(model: nn.Module, scores: dict[str, torch.Tensor], current, pattern) -> list[torch.Tensor]:
+    """N:M keep-masks: each weight's matrix view keeps the N largest |score| of every M
+    consecutive input weights among its current survivors (module docstring)."""
+    inner = unwrap(model)
+    aliases = parameter_aliases(inner)
+    kept = []
+    for i, (name, score) in enumerate(scores.items()):
+        module_name = (canonical_name(name, aliases) or name).rpartition(".")[0]
+        input_first = score.dim() == 2 and is_hf_conv1d(inner.get_submodule(module_name))
+        allowed = None if current is None else matrix_view(current[i].to(score.device), input_first)
+        keep = nm_mask(matrix_view(score, input_first).abs(), pattern, allowed)
+        kept.append(from_matrix_view(keep, score.shape, input_first))
+    return kept
+
+
+def _prune_by_scores(model, masks, sparsity, scope, scores: dict[str, torch.Tensor], pattern=None) -> Masks:
     sparsity = check_sparsity(sparsity)
     names = list(scores)
     if not names:
         raise MaskError("the model has no prunable weights")
     current = None if masks is None else [masks[n] for n in names]
-    if scope == "global":
+    pattern = parse_pattern(pattern)
+    if pattern is not None:
+        check_pattern_sparsity(pattern, sparsity)
+        kept = _pattern_masks(model, scores, current, pattern)
+    elif scope == "global":
         total = sum(s.numel() for s in scores.values())
         k = round(sparsity * total)
         if current is not None:
@@ -237,7 +270,7 @@ class MagnitudePruning(OneShotMethod):
     def prune(self, model, masks=None, sparsity=0.5, calib=None) -> Masks:
         params, masks = _current(model, masks)
         scores = {n: p.detach() for n, p in params.items()}
-        return _prune_by_scores(model, masks, sparsity, self.hparams.scope, scores)
+        return _prune_by_scores(model, masks, sparsity, self.hparams.scope, scores, self.hparams.pattern)
 
 
 @dataclass(frozen=True)
@@ -245,16 +278,20 @@ class RandomHparams:
     """Hyperparameters of random pruning.
 
     Attributes:
-        scope: ``"global"`` or ``"layer"`` (as magnitude pruning).
+        scope: ``"global"`` or ``"layer"`` (as magnitude pruning); irrelevant with a pattern.
         seed: seeds the random scores (the same seed gives the same masks).
+        pattern: ``"N:M"``: keep N random weights of every M consecutive input weights (as
+            magnitude pruning); None: unstructured.
     """
 
     scope: str = "global"
     seed: int = 0
+    pattern: str | None = None
 
     def __post_init__(self):
         if self.scope not in SCOPES:
             raise ConfigError(f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
+        object.__setattr__(self, "pattern", pattern_name(parse_pattern(self.pattern)))
 
 
 @register("random")
@@ -269,4 +306,4 @@ class RandomPruning(OneShotMethod):
         generator = torch.Generator().manual_seed(self.hparams.seed)
         # Drawn on the CPU (the same masks on every device for a seed), ranked on the weights' device.
         scores = {n: torch.rand(p.shape, generator=generator).to(p.device) for n, p in params.items()}
-        return _prune_by_scores(model, masks, sparsity, self.hparams.scope, scores)
+        return _prune_by_scores(model, masks, sparsity, self.hparams.scope, scores, self.hparams.pattern)

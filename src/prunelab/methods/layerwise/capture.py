@@ -12,7 +12,9 @@ skipped). Rows stay on the model's device.
 
 Memory is bounded: at most ``max_samples`` rows (sampled uniformly without replacement, seeded)
 are held, chosen before the capture from the total row count; :attr:`LayerData.nbytes` says how
-many bytes that is.
+many bytes that is. Methods that need only statistics of the rows (SparseGPT the Gram matrix
+``XᵀX``, Wanda the column norms ``||X_j||²``) use :func:`capture_statistics`, which accumulates
+them batch by batch and never holds more than one batch of rows.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ class LayerData:
         n_samples: calibration samples (images, sequences) that were forwarded.
         rows_total: rows those samples give (``n_samples * positions`` for a conv layer, tokens
             for a language model).
+        gram: from :func:`capture_statistics` only: ``Σ_rows x xᵀ`` in float64, ``(d_in, d_in)``;
+            for a grouped conv only the diagonal blocks, ``(groups, d_in / groups, d_in / groups)``
+            (group ``g``'s inputs never meet another group's weights). ``inputs`` and ``outputs``
+            are then empty ``(0, ·)`` tensors.
+        sq_norms: from :func:`capture_statistics` only: ``Σ_rows x_j²`` per input column, float64
+            ``(d_in,)``.
+        n_rows: rows the statistics sum over (None: ``inputs.shape[0]``).
+        transient_bytes: the most bytes of rows and per-batch products held at once while the
+            statistics were accumulated (0 for captured rows).
     """
 
     name: str
@@ -56,12 +67,47 @@ class LayerData:
     outputs: torch.Tensor
     n_samples: int
     rows_total: int
+    gram: torch.Tensor | None = None
+    sq_norms: torch.Tensor | None = None
+    n_rows: int | None = None
+    transient_bytes: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Calibration rows the layer is fitted on (held, or summed into the statistics)."""
+        return int(self.inputs.shape[0]) if self.n_rows is None else self.n_rows
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by ``inputs`` and ``outputs``."""
-        return self.inputs.numel() * self.inputs.element_size() + \
+        """Peak bytes of the capture: ``inputs``, ``outputs``, the statistics, and the largest
+        batch held while accumulating them."""
+        held = self.inputs.numel() * self.inputs.element_size() + \
             self.outputs.numel() * self.outputs.element_size()
+        for stat in (self.gram, self.sq_norms):
+            if stat is not None:
+                held += stat.numel() * stat.element_size()
+        return held + self.transient_bytes
+
+    def has_signal(self) -> bool:
+        """Whether any input is non-zero on the calibration rows (else there is nothing to fit)."""
+        if self.gram is not None:
+            return bool(self.gram.diagonal(dim1=-2, dim2=-1).any())
+        if self.sq_norms is not None:
+            return bool(self.sq_norms.any())
+        return bool(self.inputs.any())
+
+    def group(self, g: int, groups: int, out: slice) -> "LayerData":
+        """Group ``g`` of a grouped conv as its own layer: its input columns (its Gram block, its
+        norms) and the outputs ``out``."""
+        width = self.inputs.shape[1] // groups
+        cols = slice(g * width, (g + 1) * width)
+        gram = self.gram
+        if gram is not None:
+            gram = gram[g] if gram.dim() == 3 else gram[cols, cols].contiguous()
+        return LayerData(self.name, self.inputs[:, cols].contiguous(), self.outputs[:, out].contiguous(),
+                         self.n_samples, self.rows_total, gram,
+                         None if self.sq_norms is None else self.sq_norms[cols],
+                         self.n_rows, self.transient_bytes)
 
 
 class CalibrationFeed:
@@ -190,9 +236,11 @@ def _attention_heads(view: LayerView, args: tuple, kwargs: dict) -> torch.Tensor
 
 @torch.no_grad()
 def _forward_rows(model: nn.Module, view: LayerView, feed: CalibrationFeed, chunks: Iterable,
-                  want: str, keep: np.ndarray | None = None) -> torch.Tensor | int:
+                  want: str, keep: np.ndarray | None = None, consume=None) -> torch.Tensor | int:
     """Forward ``chunks`` through ``model`` and collect the selected rows of ``view``'s input
-    (``want="inputs"``) or output (``"outputs"``), or count the input rows (``"count"``)."""
+    (``want="inputs"``) or output (``"outputs"``), or count the input rows (``"count"``).
+    With ``consume``, each batch's selected float32 rows go to ``consume(rows)`` instead of being
+    kept."""
     collected: list[torch.Tensor] = []
     state = {"row0": 0, "fired": False, "busy": False}
 
@@ -206,7 +254,10 @@ def _forward_rows(model: nn.Module, view: LayerView, feed: CalibrationFeed, chun
                 rows = rows[torch.from_numpy(keep[lo:hi] - start).to(rows.device)]
             if outputs_from_rows:
                 rows = view.linear_outputs(rows)
-            collected.append(rows.detach().to(torch.float32).clone())
+            if consume is not None:
+                consume(rows.detach().to(torch.float32))
+            else:
+                collected.append(rows.detach().to(torch.float32).clone())
         raise _StopForward
 
     def hook(module, args, kwargs, out):
@@ -214,6 +265,10 @@ def _forward_rows(model: nn.Module, view: LayerView, feed: CalibrationFeed, chun
             take(output_rows(module, out))
         else:
             take(im2col(module, _first_input(args, kwargs)))
+
+    def input_hook(module, args, kwargs):
+        # Inputs are known before the layer runs: its own product is skipped too.
+        take(im2col(module, _first_input(args, kwargs)))
 
     def attention_hook(module, args, kwargs):
         if state["busy"]:
@@ -231,7 +286,10 @@ def _forward_rows(model: nn.Module, view: LayerView, feed: CalibrationFeed, chun
         take(heads.reshape(-1, heads.shape[-1]), want == "outputs")
 
     if view.host is view.module and not view.computes_outputs:
-        handle = view.module.register_forward_hook(hook, with_kwargs=True)
+        if want == "outputs":
+            handle = view.module.register_forward_hook(hook, with_kwargs=True)
+        else:
+            handle = view.module.register_forward_pre_hook(input_hook, with_kwargs=True)
     else:
         handle = view.host.register_forward_pre_hook(attention_hook, with_kwargs=True)
     was_training = model.training
@@ -299,10 +357,7 @@ def capture(model: nn.Module, param_name: str, x, *, reference: nn.Module | None
         >>> data = capture(gpt2, "transformer.h.0.mlp.c_fc.weight", loader, max_samples=4096)
         >>> data.inputs.shape, data.outputs.shape      # (4096, 64), (4096, 256)
     """
-    if max_samples is not None and max_samples < 1:
-        raise ConfigError(f"max_samples must be a positive int or None, got {max_samples}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    _check_capture_args(max_samples, batch_size)
     feed = calibration_feed(x, forward_fn, batch_size)
     reference = model if reference is None else reference
     view = layer_view(model, param_name)
@@ -310,19 +365,123 @@ def capture(model: nn.Module, param_name: str, x, *, reference: nn.Module | None
     if ref_view.parameter.shape != view.parameter.shape:
         raise MethodError(f"reference layer {param_name!r} has shape "
                           f"{tuple(ref_view.parameter.shape)}, model has {tuple(view.parameter.shape)}")
+    chunks, total = _chunks(model, view, feed)
+    keep = _row_selection(total, max_samples, seed)
+    layer_inputs = _forward_rows(model, view, feed, chunks(), "inputs", keep)
+    layer_outputs = _forward_rows(reference, ref_view, feed, chunks(), "outputs", keep)
+    return LayerData(param_name, layer_inputs, layer_outputs, feed.n_samples, int(total))
+
+
+def _check_capture_args(max_samples: int | None, batch_size: int) -> None:
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"max_samples must be a positive int or None, got {max_samples}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _chunks(model: nn.Module, view: LayerView, feed: CalibrationFeed):
+    """``(chunks factory, total rows)``: tensor inputs in chunks sized so that one chunk's
+    im2col patches stay within ``_PATCH_BUDGET``, other batches as they come."""
     if feed.x is not None:
         inputs = feed.x
         n = int(inputs.shape[0])
         # One sample tells how many rows (output positions) each sample gives.
         per_sample = _forward_rows(model, view, feed, [inputs[:1]], "count")
-        total = per_sample * n
-        d_in = view.input_width()
-        batch = max(1, min(feed.batch_size, _PATCH_BUDGET // max(1, per_sample * d_in)))
-        chunks = lambda: (inputs[i:i + batch] for i in range(0, n, batch))  # noqa: E731
+        batch = max(1, min(feed.batch_size, _PATCH_BUDGET // max(1, per_sample * view.input_width())))
+        return (lambda: (inputs[i:i + batch] for i in range(0, n, batch))), per_sample * n
+    return (lambda: feed.batches), _forward_rows(model, view, feed, feed.batches, "count")
+
+
+#: what :func:`capture_statistics` can accumulate.
+STATISTICS = ("gram", "norms")
+#: rows summed into the float32 Gram accumulator before it is added to the float64 one.
+_FLUSH_ROWS = 1 << 14
+
+
+@torch.no_grad()
+def capture_statistics(model: nn.Module, param_name: str, x, *, want: str = "gram",
+                       max_samples: int | None = None, batch_size: int = 1000, seed: int = 0,
+                       forward_fn=None) -> LayerData:
+    """Accumulate statistics of a layer's input rows batch by batch, holding one batch at a time.
+
+    ``want="gram"`` sums ``G = Σ_rows x xᵀ`` (the layer Hessian of the squared output error up to
+    a factor, SparseGPT's ``H = 2XXᵀ``, Frantar & Alistarh 2023, Sec. 3); ``want="norms"`` sums
+    ``Σ_rows x_j²`` per column (Wanda's ``||X_j||₂²``, Sun et al. 2024, Eq. 1). The Gram
+    matrix is accumulated in place in float32 (the rows' precision, one BLAS call per batch) over
+    at most ``_FLUSH_ROWS`` rows at a time, then added to a float64 sum, so summing millions of
+    rows loses no precision; the norms likewise (float32 per batch, float64 across). The rows are the same as
+    :func:`capture` would hold (same chunks, same ``max_samples`` subsample), and the layer's
+    own product is skipped (inputs are taken by a forward pre-hook). No outputs are captured.
+
+    Args:
+        model: network whose layer inputs are summarised (the partly pruned one in sequential
+            mode).
+        param_name: the layer's weight name.
+        x: calibration data (anything :func:`calibration_feed` accepts).
+        want: ``"gram"`` or ``"norms"``.
+        max_samples, batch_size, seed, forward_fn: as for :func:`capture`.
+
+    Returns:
+        :class:`LayerData` with empty ``(0, d_in)`` inputs and ``(0, d_out)`` outputs, ``gram`` or
+        ``sq_norms`` set, ``n_rows`` the rows summed and ``transient_bytes`` the largest batch
+        of rows (and its float32 copy) plus the float32 Gram accumulator. A grouped conv's ``gram`` holds only the diagonal
+        blocks ``(groups, d_in / groups, d_in / groups)``.
+
+    Raises:
+        ConfigError: an unknown ``want``, empty data or a bad ``max_samples``/``batch_size``.
+        MethodError: as :func:`capture`.
+
+    Example:
+        >>> stats = capture_statistics(model, "fc1.weight", data.train, want="gram")
+        >>> stats.gram.shape, stats.n_rows      # (784, 784), 55000
+    """
+    if want not in STATISTICS:
+        raise ConfigError(f"want must be one of {STATISTICS}, got {want!r}")
+    _check_capture_args(max_samples, batch_size)
+    feed = calibration_feed(x, forward_fn, batch_size)
+    view = layer_view(model, param_name)
+    chunks, total = _chunks(model, view, feed)
+    keep = _row_selection(int(total), max_samples, seed)
+    width, groups = view.input_width(), view.groups
+    device = view.parameter.device
+    if want == "gram":
+        size = width // groups
+        shape = (size, size) if groups == 1 else (groups, size, size)
+        stat = torch.zeros(shape, dtype=torch.float64, device=device)
+        partial = torch.zeros(shape, dtype=torch.float32, device=device)
     else:
-        total = _forward_rows(model, view, feed, feed.batches, "count")
-        chunks = lambda: feed.batches  # noqa: E731
-    keep = _row_selection(total, max_samples, seed)
-    layer_inputs = _forward_rows(model, view, feed, chunks(), "inputs", keep)
-    layer_outputs = _forward_rows(reference, ref_view, feed, chunks(), "outputs", keep)
-    return LayerData(param_name, layer_inputs, layer_outputs, feed.n_samples, int(total))
+        stat = torch.zeros(width, dtype=torch.float64, device=device)
+        partial = None
+    state = {"rows": 0, "peak": 0, "pending": 0}
+
+    def flush() -> None:
+        if partial is not None and state["pending"]:
+            stat.add_(partial)
+            partial.zero_()
+            state["pending"] = 0
+
+    def consume(rows: torch.Tensor) -> None:
+        state["rows"] += rows.shape[0]
+        if want == "norms":
+            stat.add_(rows.square().sum(0))   # float32 within a batch, float64 across batches
+        else:
+            if state["pending"] + rows.shape[0] > _FLUSH_ROWS:
+                flush()
+            state["pending"] += rows.shape[0]
+            if groups == 1:
+                partial.addmm_(rows.T, rows)   # accumulates in place: no d_in² temporary
+            else:
+                per_group = rows.reshape(rows.shape[0], groups, -1).transpose(0, 1)
+                partial.baddbmm_(per_group.transpose(1, 2), per_group)
+        state["peak"] = max(state["peak"], 2 * rows.numel() * rows.element_size())
+
+    _forward_rows(model, view, feed, chunks(), "inputs", keep, consume)
+    flush()
+    if partial is not None:
+        state["peak"] += partial.numel() * partial.element_size()
+    d_out = view.matrix().shape[0]
+    empty_in = torch.empty(0, width, device=device)
+    empty_out = torch.empty(0, d_out, device=device)
+    return LayerData(param_name, empty_in, empty_out, feed.n_samples, int(total),
+                     gram=stat if want == "gram" else None, sq_norms=stat if want == "norms" else None,
+                     n_rows=state["rows"], transient_bytes=state["peak"])

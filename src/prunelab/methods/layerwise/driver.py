@@ -18,8 +18,11 @@ Two capture modes (Net-Trim's "parallel" and "cascade"):
 
 Memory is bounded: at most ``max_samples`` rows (sampled uniformly without replacement, seeded)
 of inputs and outputs are held for the layer being pruned, streamed from the calibration set in
-batches; :attr:`LayerData.nbytes` says how many bytes that is. Rows, solvers and the rewritten
-weights stay on the model's device; the returned masks lie on their parameters' devices.
+batches; :attr:`LayerData.nbytes` says how many bytes that is. A solver that needs only the Gram
+matrix ``XᵀX`` (SparseGPT) or the column norms (Wanda) declares ``needs="gram"``/``"norms"``:
+those are accumulated batch by batch and no rows are held (in sequential mode no dense copy of
+the model either). Rows, solvers and the rewritten weights stay on the model's device; the
+returned masks lie on their parameters' devices.
 """
 
 from __future__ import annotations
@@ -33,17 +36,20 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from prunelab.core.patterns import check_pattern_sparsity, nm_keep_count, nm_mask, parse_pattern, pattern_name
+from prunelab.core.patterns import check_pattern_sparsity, is_nm, nm_keep_count, nm_mask, parse_pattern, pattern_name
 from prunelab.core.prunable import canonical_name, model_parameters, parameter_aliases, resolve_parameters, unwrap
 from prunelab.errors import ConfigError
 from prunelab.methods.layerwise.capture import (  # noqa: F401  (re-exported)
-    CalibrationFeed, LayerData, calibration_feed, capture,
+    STATISTICS, CalibrationFeed, LayerData, calibration_feed, capture, capture_statistics,
 )
 from prunelab.methods.layerwise.layers import (  # noqa: F401  (re-exported)
     KINDS, LayerView, im2col, layer_view, output_rows, weight_matrix,
 )
 
 MODES = ("parallel", "sequential")
+#: what a solver may need of the calibration rows: the rows and reference outputs themselves, or
+#: only their Gram matrix / column norms (:func:`~prunelab.methods.layerwise.capture.capture_statistics`).
+NEEDS = ("rows",) + STATISTICS
 
 
 def model_order(model: nn.Module, names: Sequence[str]) -> list[str]:
@@ -183,7 +189,7 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
                  layers: Sequence[str] | None = None, include_last: bool = False,
                  mode: str = "parallel", max_samples: int | None = None, batch_size: int = 1000,
                  seed: int = 0, log: Callable[[str], None] | None = None,
-                 forward_fn=None, pattern=None) -> tuple[dict, list[dict]]:
+                 forward_fn=None, pattern=None, needs: str = "rows") -> tuple[dict, list[dict]]:
     """Prune the chosen layers one at a time with ``solve`` and write the results into ``model``.
 
     Each chosen layer is pruned to ``sparsity`` of its own weights (the same fraction in every
@@ -208,6 +214,10 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
         pattern: an N:M pattern (``"2:4"``, ``(2, 4)``; :func:`~prunelab.core.patterns.parse_pattern`)
             every chosen layer's mask follows; ``sparsity`` must then be ``1 - N/M``. None: any
             mask with the layer's keep count.
+        needs: what the solver reads of the calibration data: ``"rows"`` (``data.inputs`` and
+            ``data.outputs``, :func:`capture`), ``"gram"`` (``data.gram``) or ``"norms"``
+            (``data.sq_norms``), the latter two accumulated batch by batch
+            (:func:`capture_statistics`; ``data.inputs`` is then empty).
 
     Returns:
         ``(new_masks, infos)``: a dict name -> bool tensor (on its parameter's device) covering
@@ -222,6 +232,8 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
         raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    if needs not in NEEDS:
+        raise ConfigError(f"needs must be one of {NEEDS}, got {needs!r}")
     pattern = parse_pattern(pattern)
     check_pattern_sparsity(pattern, sparsity)
     inner = unwrap(model)
@@ -238,16 +250,22 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
                           "include_last is False; set include_last=True or name the layers")
     chosen = [n for n in model_order(inner, names) if n in chosen]  # sequential mode needs model order
     feed = calibration_feed(calib_x, forward_fn, batch_size)
-    reference = copy.deepcopy(inner)
-    reference.eval()
+    # Statistics in sequential mode come from the pruned model alone: no dense copy is held.
+    reference = None if needs != "rows" and mode == "sequential" else copy.deepcopy(inner)
+    if reference is not None:
+        reference.eval()
     params = resolve_parameters(inner, names)
     new_masks = {n: masks[n].to(params[n].device).clone() for n in names}
     infos = []
     for name in chosen:
         start = time.perf_counter()
         source = inner if mode == "sequential" else reference
-        data = capture(source, name, feed, reference=reference, max_samples=max_samples,
-                       batch_size=batch_size, seed=seed)
+        if needs == "rows":
+            data = capture(source, name, feed, reference=reference, max_samples=max_samples,
+                           batch_size=batch_size, seed=seed)
+        else:
+            data = capture_statistics(source, name, feed, want=needs, max_samples=max_samples,
+                                      batch_size=batch_size, seed=seed)
         capture_s = time.perf_counter() - start
         view = layer_view(inner, name)
         mask2d = view.mask_matrix(masks[name]).contiguous()
@@ -265,17 +283,18 @@ def prune_layers(model: nn.Module, masks, sparsity: float, calib_x, solve: Solve
                                                         solve, pattern)
         if new_mask.dtype != torch.bool or bool((new_mask & ~mask2d).any()):
             raise RuntimeError(f"solver revived pruned weights of {name}")  # pragma: no cover
-        if pattern is not None and int(new_mask.sum()) != n_keep:
+        if pattern is not None and (int(new_mask.sum()) != n_keep
+                                    or not is_nm(new_mask, pattern, exact=False)):
             raise RuntimeError(f"solver broke the {pattern_name(pattern)} pattern of {name}")  # pragma: no cover
         view.write(new_w * new_mask, new_b)
         new_masks[name] = view.to_parameter_shape(new_mask).reshape(masks[name].shape)
         kept = int(new_mask.sum())
-        layer_info = {"layer": name, "rows": data.inputs.shape[0], "rows_total": data.rows_total,
+        layer_info = {"layer": name, "rows": data.rows, "rows_total": data.rows_total,
                       "bytes_held": data.nbytes, "kept": kept, "total": mask2d.numel(),
                       "capture_s": capture_s, "seconds": time.perf_counter() - start, **info}
         infos.append(layer_info)
         if log is not None:
-            log(f"{name}: kept {kept}/{mask2d.numel()} from {data.inputs.shape[0]} rows "
+            log(f"{name}: kept {kept}/{mask2d.numel()} from {data.rows} rows "
                 f"({data.nbytes / 2**20:.1f} MiB) in {layer_info['seconds']:.2f} s")
         del data
     return new_masks, infos
@@ -333,8 +352,7 @@ def solve_groups(data: LayerData, weight: torch.Tensor, bias: torch.Tensor | Non
         ``(weight, bias, mask, info)`` as a solver returns them; ``info`` lists the groups' infos
         under ``"per_group"``.
     """
-    d_out, d_in = weight.shape
-    rows = d_out // groups
+    rows = weight.shape[0] // groups
     if pattern is None:
         keeps = group_keep_counts([int(m.sum()) for m in mask.split(rows)], n_keep)
     else:
@@ -342,11 +360,10 @@ def solve_groups(data: LayerData, weight: torch.Tensor, bias: torch.Tensor | Non
     weights, biases, masks, group_infos = [], [], [], []
     for g in range(groups):
         out = slice(g * rows, (g + 1) * rows)
-        part = LayerData(data.name, data.inputs[:, g * d_in:(g + 1) * d_in].contiguous(),
-                         data.outputs[:, out].contiguous(), data.n_samples, data.rows_total)
+        part = data.group(g, groups, out)   # its columns (Gram block, norms) and outputs
         problem = LayerProblem(part, weight[out].contiguous(), None if bias is None else bias[out].clone(),
                                mask[out].contiguous(), keeps[g], pattern)
-        if bool(part.inputs.any()):
+        if part.has_signal():
             new_w, new_b, new_mask, info = solve(problem)
         else:
             new_w, new_b, info = problem.weight, problem.bias, {"dead_inputs": True}
@@ -397,7 +414,7 @@ def check_common_hparams(hparams, label: str, patterns: bool = True) -> None:
 
 
 def prune_with_solver(label: str, model: nn.Module, masks, sparsity: float, calib, hparams,
-                      solve: Callable) -> tuple:
+                      solve: Callable, needs: str = "rows") -> tuple:
     """The shared body of the layer-wise methods' ``prune``: check the calibration data, run
     :func:`prune_layers` with the method's common hparams, apply the new masks.
 
@@ -410,6 +427,7 @@ def prune_with_solver(label: str, model: nn.Module, masks, sparsity: float, cali
             brings its own ``forward_fn``).
         hparams: the method's :class:`LayerwiseHparams`.
         solve: the layer solver.
+        needs: what the solver reads of the calibration data (:func:`prune_layers`).
 
     Returns:
         ``(masks, per-layer info)``.
@@ -424,7 +442,7 @@ def prune_with_solver(label: str, model: nn.Module, masks, sparsity: float, cali
     new, info = prune_layers(
         model, masks, sparsity, calib, solve, layers=hparams.layers,
         include_last=hparams.include_last, mode=hparams.mode, max_samples=hparams.max_samples,
-        seed=hparams.seed, pattern=hparams.pattern)
+        seed=hparams.seed, pattern=hparams.pattern, needs=needs)
     result = Masks(new)
     result.apply(model)
     return result, info
