@@ -17,8 +17,19 @@ Also: ``kernels`` times every kernel option side by side on LeNet-300-100's laye
 (dense, PyTorch CSR in two layouts, torch.sparse.mm on COO, SciPy CSR, the native kernel), and
 ``batch1_profile`` splits the batch-1 latency into per-layer compute and per-call overhead.
 
+``--suite networks``: the convolutional networks and the wide MLP (resnet18, vgg16 and wrn-16-4
+on 3x32x32, mlp 784-1024-1024-10 on 1x28x28; random SAP-init weights, whose values do not matter
+for speed) at 80/90/95 % sparsity, layer-wise (first layer dense) and global magnitude, batch 1
+and 64, 1 and 2 threads: to_sparse's conversion seconds, then dense PyTorch, onnxruntime (dense,
+when importable) and prunelab sparse timed interleaved in one process (median); the theoretical
+speedup (dense FLOPs / non-zero FLOPs) and the fraction of it reached; the largest output
+difference relative to the largest dense output.
+
 Usage:
     python benchmarks/bench_export.py                      # full run, 1 thread (about 2 minutes)
+    python benchmarks/bench_export.py --suite networks     # the CNN suite (long: use --models etc.)
+    python benchmarks/bench_export.py --suite networks --models resnet18,vgg16 --sparsities 0.9 \
+        --schemes layer --batch-sizes 1,64 --thread-counts 1
     python benchmarks/bench_export.py --quick              # fewer repetitions
     python benchmarks/bench_export.py --threads 2 --out results/export.json
 """
@@ -217,9 +228,95 @@ def module_breakdown(model: nn.Module, batch: int, warmup: int, reps: int) -> di
     return {k: v["median_us"] for k, v in interleaved(fns, warmup=warmup, reps=reps).items()}
 
 
+NETWORKS = {
+    "resnet18": ("resnet18", (3, 32, 32), {}),
+    "vgg16": ("vgg16", (3, 32, 32), {}),
+    "wrn-16-4": ("wrn", (3, 32, 32), {"depth": 16, "widen_factor": 4}),
+    "mlp-1024": ("mlp", (1, 28, 28), {"hidden": (1024, 1024)}),
+}
+
+
+def network_point(model, shape, batch, threads, reps_budget_s, max_reps, onnx_path) -> dict:
+    """Convert for (batch, threads), check the outputs, time dense / onnxruntime / sparse."""
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(7))
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    sparse = to_sparse(model, batch_size=batch, threads=threads, input_shape=shape)
+    convert_s = time.perf_counter() - start
+    with torch.no_grad():
+        reference, got = model(x), sparse(x)
+    rel = float((got - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
+    fns = {"torch_dense": lambda: model(x), "prunelab_sparse": lambda: sparse(x)}
+    if onnx_path is not None:
+        session = onnxruntime_session(onnx_path, threads)
+        feed = {"input": x.numpy()}
+        fns["onnxruntime_dense"] = lambda: session.run(None, feed)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for f in fns.values():
+            f()
+        round_s = time.perf_counter() - t0
+    reps = int(max(3, min(max_reps, reps_budget_s / max(round_s, 1e-9))))
+    timed = interleaved(fns, warmup=1, reps=reps)
+    dense_us = timed["torch_dense"]["median_us"]
+    report = sparse.sparse_report
+    return {
+        "batch": batch, "threads": threads, "reps": reps,
+        "latency_us": {k: v["median_us"] for k, v in timed.items()},
+        "speedup_vs_torch_dense": {k: round(dense_us / v["median_us"], 2) for k, v in timed.items()},
+        "to_sparse_s": round(convert_s, 2),
+        "sparse_layers": sum(e["choice"] != "dense" for e in report["layers"]),
+        "layers": len(report["layers"]),
+        "timed_layers": sum(e.get("decided_by") == "timing" for e in report["layers"]),
+        "reverted": report["reverted"],
+        "max_rel_diff": rel,
+    }
+
+
+def networks_suite(args, log) -> dict:
+    from prunelab.core.prunable import PrunableRule
+
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    thread_counts = [int(t) for t in args.thread_counts.split(",")]
+    try:
+        import onnxruntime  # noqa: F401
+        have_ort = True
+    except ImportError:
+        have_ort = False
+    out = {}
+    for name in args.models.split(","):
+        factory, shape, kwargs = NETWORKS[name]
+        torch.manual_seed(0)
+        base = models.create(factory, shape, 10, **kwargs).eval()
+        for scheme in args.schemes.split(","):
+            for s in sparsities:
+                model = copy.deepcopy(base)
+                rule = PrunableRule(exclude_first=True) if scheme == "layer" else None
+                masks = prunelab.prune(model, "magnitude", sparsity=s, scope=scheme, rule=rule)
+                make_permanent(model, masks).eval()
+                theory = summary(model, input_shape=shape)["theoretical_speedup"]
+                key = f"{name} {scheme} s={s}"
+                out[key] = {"theoretical_speedup": round(theory, 2), "points": []}
+                with tempfile.TemporaryDirectory() as tmp:
+                    onnx_path = export_onnx(model, Path(tmp) / "m.onnx", input_shape=(1, *shape)) if have_ort else None
+                    for t in thread_counts:
+                        for b in batches:
+                            row = network_point(model, shape, b, t, args.budget, args.reps, onnx_path)
+                            row["fraction_of_theoretical"] = round(row["speedup_vs_torch_dense"]["prunelab_sparse"] / theory, 3)
+                            out[key]["points"].append(row)
+                            log(f"{key} t={t} b={b}: {row['speedup_vs_torch_dense']} (theory {theory:.2f}) "
+                                f"to_sparse {row['to_sparse_s']}s rel {row['max_rel_diff']:.1e}")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="lenet-300-100,lenet5")
+    parser.add_argument("--suite", choices=("lenet", "networks"), default="lenet")
+    parser.add_argument("--models", default=None, help="lenet: lenet-300-100,lenet5; networks: " + ",".join(NETWORKS))
+    parser.add_argument("--schemes", default="layer,global", help="networks: layer-wise (first layer dense) and/or global")
+    parser.add_argument("--thread-counts", default="1,2", help="networks: thread counts")
+    parser.add_argument("--budget", type=float, default=20.0, help="networks: seconds of timing per point (at least 3 reps)")
     parser.add_argument("--sparsities", default="0.9,0.95,0.98,0.99")
     parser.add_argument("--batch-sizes", default="1,64")
     parser.add_argument("--threads", type=int, default=1)
@@ -236,6 +333,28 @@ def main(argv=None) -> int:
         args.warmup, args.reps = 5, 40
     torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.suite == "networks":
+        args.models = args.models or ",".join(NETWORKS)
+        args.sparsities = args.sparsities if args.sparsities != "0.9,0.95,0.98,0.99" else "0.8,0.9,0.95"
+        native.load()
+        result = {"benchmark": "export networks",
+                  "setup": {"thread_counts": args.thread_counts, "max_reps": args.reps, "budget_s_per_point": args.budget,
+                            "timing": "interleaved (torch dense, onnxruntime dense, prunelab sparse), median, "
+                                      "torch.inference_mode, gc off, one process",
+                            "weights": "random SAP init; layer = layer-wise magnitude with the first layer dense, "
+                                       "global = global magnitude",
+                            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                            "cpu_count": os.cpu_count(), "native_kernel": native.status(),
+                            "load_average_1_5_15_start": [round(v, 2) for v in os.getloadavg()]},
+                  "results": networks_suite(args, log)}
+        result["setup"]["load_average_1_5_15_end"] = [round(v, 2) for v in os.getloadavg()]
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text)
+        return 0
+    args.models = args.models or "lenet-300-100,lenet5"
     sparsities = [float(s) for s in args.sparsities.split(",")]
     batches = [int(b) for b in args.batch_sizes.split(",")]
     native.load()

@@ -183,8 +183,6 @@ def test_native_kernel_with_threads_equals_dense():
 
 
 def test_sparse_conv_rejects_unsupported_layers():
-    with pytest.raises(ConfigError, match="groups"):
-        SparseConv2d(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ConfigError, match="padding_mode"):
         SparseConv2d(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"))
     layer = SparseConv2d(nn.Conv2d(3, 2, 3), backend="torch")
@@ -218,8 +216,10 @@ def _count_compiles(monkeypatch) -> list:
 
 @pytest.mark.skipif("native" not in BACKENDS, reason="native kernel unavailable (no C compiler?)")
 def test_native_kernel_builds_from_packaged_source_and_is_cached(monkeypatch, tmp_path):
-    packaged = (resources.files("prunelab.export") / "csrc" / "sparse_kernel.c").read_text()
+    folder = resources.files("prunelab.export") / "csrc"
+    packaged = "\n".join((folder / name).read_text() for name in native.SOURCES)
     assert native.kernel_source() == packaged and "pl_sparse_forward" in packaged
+    assert {p.name for p in folder.iterdir() if p.name.endswith(".c")} == set(native.SOURCES)
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
     compiles = _count_compiles(monkeypatch)
     native.reset()
@@ -351,13 +351,13 @@ def test_to_sparse_handles_functional_relu_and_batchnorm(tiny_net):
         torch.testing.assert_close(fast(x), tiny_net(x), **TOL)
 
 
-def test_to_sparse_auto_measures_and_stays_exact():
+def test_to_sparse_measure_times_every_layer_and_stays_exact():
     torch.manual_seed(0)
     model = models.create("lenet-300-100", (1, 28, 28), 10)
     make_permanent(model, _global_magnitude(model, 0.95))
-    fast = to_sparse(model, batch_size=8, warmup=1, reps=5)
+    fast = to_sparse(model, batch_size=8, warmup=1, reps=5, policy="measure")
     report = fast.sparse_report
-    assert report["policy"] == "auto" and report["batch_size"] == 8
+    assert report["policy"] == "measure" and report["batch_size"] == 8
     assert [e["name"] for e in report["layers"]] == ["fc1", "fc2", "fc3"]
     for entry in report["layers"]:
         timed, dropped = entry["median_us"], entry["screened_out_us"]

@@ -41,8 +41,6 @@ def conv_supported(conv: nn.Module) -> str | None:
     """Why ``conv`` cannot become a :class:`SparseConv2d`, or ``None`` if it can."""
     if not isinstance(conv, nn.Conv2d):
         return f"{type(conv).__name__} is not supported (only Linear and Conv2d)"
-    if conv.groups != 1:
-        return "grouped convolution (groups != 1) is not supported"
     if conv.padding_mode != "zeros":
         return f"padding_mode {conv.padding_mode!r} is not supported (only 'zeros')"
     if conv.weight.dtype != torch.float32:
@@ -68,7 +66,7 @@ class _CSRLayer(nn.Module):
     """Shared state: CSR weight over ``(out, in * kh * kw)``, bias, backend and descriptors."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, backend: str, relu: bool,
-                 threads: int | None, block: int):
+                 threads: int | None, block: int, groups: int = 1):
         super().__init__()
         if backend not in BACKENDS:
             raise ConfigError(f"unknown sparse backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -77,22 +75,27 @@ class _CSRLayer(nn.Module):
         # Buffers made under torch.inference_mode() could never meet autograd again ("Inference
         # tensors cannot be saved for backward"): build ordinary ones whatever the caller's mode.
         with torch.inference_mode(False):
-            self._build(weight, bias)
+            self._build(weight, bias, groups)
         self.backend, self.relu, self.block = backend, bool(relu), int(block)
-        self.threads = int(threads) if threads else torch.get_num_threads()
+        # None: follow torch.get_num_threads() at every call, as PyTorch's own layers do
+        self.threads = int(threads) if threads else None
         self._reset()
 
-    def _build(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def _build(self, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> None:
+        # a grouped weight (out, in / groups * kh * kw) is stored as the block-diagonal
+        # (out, in * kh * kw) one: group g's columns are shifted by g * (in / groups) * kh * kw
         w2 = weight.detach().reshape(weight.shape[0], -1).to(torch.float32)
         keep = w2 != 0
-        if int(keep.sum()) > _INT32_MAX or w2.shape[1] > _INT32_MAX:
+        if int(keep.sum()) > _INT32_MAX or w2.shape[1] * groups > _INT32_MAX:
             raise ConfigError("layer too large for 32-bit sparse indices; leave it dense")
         counts = keep.sum(dim=1)
+        rows, cols = keep.nonzero().unbind(1)
+        cols = cols + (rows // (w2.shape[0] // groups)) * w2.shape[1]
         self.register_buffer("crow", torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32))
-        self.register_buffer("col", keep.nonzero()[:, 1].to(torch.int32).contiguous())
+        self.register_buffer("col", cols.to(torch.int32).contiguous())
         self.register_buffer("values", w2[keep].contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
-        self.out_channels, self.fan_in = w2.shape
+        self.out_channels, self.fan_in = w2.shape[0], w2.shape[1] * groups
 
     def _reset(self) -> None:
         # native descriptors hold raw pointers to the buffers; _fast is (kernel, descriptor address)
@@ -135,15 +138,16 @@ class _CSRLayer(nn.Module):
         return (self.backend == "native" and x.dtype == torch.float32 and x.device.type == "cpu"
                 and not (x.requires_grad and torch.is_grad_enabled()))
 
-    def _descriptor(self, fields: list[int], taps: torch.Tensor, pool: int = 1) -> torch.Tensor:
+    def _descriptor(self, fields: list[int], taps: torch.Tensor, pool: int = 1, ceil: bool = False) -> torch.Tensor:
         ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
         fields = fields + [ptr(self.crow), ptr(taps), ptr(self.values), ptr(self.bias),
-                           int(self.relu), self.block, self.threads, pool]
+                           int(self.relu), self.block, pool, int(ceil)]
         return torch.tensor(fields, dtype=torch.int64)
 
     def _run_native(self, descriptor: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         lib = native.get() or native.load()
-        if lib.pl_sparse_forward(descriptor.data_ptr(), x.shape[0], x.data_ptr(), y.data_ptr()) != 0:
+        threads = self.threads or torch.get_num_threads()
+        if lib.pl_sparse_forward(descriptor.data_ptr(), x.shape[0], x.data_ptr(), y.data_ptr(), threads) != 0:
             raise MemoryError("native sparse kernel: out of memory for its work buffers")
         return y
 
@@ -164,8 +168,9 @@ class SparseLinear(_CSRLayer):
         linear: the (pruned) dense layer; zeros in its weight are skipped.
         backend: ``"native"`` or ``"torch"`` (see the module docstring).
         relu: apply ReLU to the output (the caller removes the ReLU module it replaces).
-        threads: threads of the native kernel (default: ``torch.get_num_threads()``).
-        block: samples per block in the native kernel (its working set is ``in * block`` floats).
+        threads: threads of the native kernel (default: ``torch.get_num_threads()`` at each call).
+        block: samples per block in the native kernel (its working set is ``in * block`` floats);
+            0 picks 64.
 
     Example:
         >>> layer = SparseLinear(pruned_linear, backend="torch")
@@ -174,7 +179,7 @@ class SparseLinear(_CSRLayer):
     """
 
     def __init__(self, linear: nn.Linear, backend: str = "native", relu: bool = False,
-                 threads: int | None = None, block: int = 64):
+                 threads: int | None = None, block: int = 0):
         super().__init__(linear.weight, linear.bias, backend, relu, threads, block)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
@@ -185,7 +190,7 @@ class SparseLinear(_CSRLayer):
                 and x.is_cpu and not x.requires_grad):
             x = x.contiguous()
             y = x.new_empty(x.shape[0], self.out_features)
-            if fast[0](fast[1], x.shape[0], x.data_ptr(), y.data_ptr()):
+            if fast[0](fast[1], x.shape[0], x.data_ptr(), y.data_ptr(), self.threads or torch.get_num_threads()):
                 raise MemoryError("native sparse kernel: out of memory for its work buffers")
             return y
         return self._forward(x)
@@ -212,29 +217,32 @@ class SparseLinear(_CSRLayer):
 
 
 class SparseConv2d(_CSRLayer):
-    """``nn.Conv2d`` (groups=1, zero padding) with a CSR weight, optionally fused with the ReLU
-    and the non-overlapping max pooling that follow it (``conv -> ReLU -> MaxPool2d(k)``, as in
-    LeNet-5; ReLU and max commute, and pooling before writing the output saves writing and
-    re-reading k*k times more data).
+    """``nn.Conv2d`` (zero padding, any stride, dilation and groups, depthwise included) with a
+    CSR weight, optionally fused with the ReLU and the non-overlapping max pooling that follow it
+    (``conv -> ReLU -> MaxPool2d(k)``, as in LeNet-5 and VGG; ReLU and max commute, and pooling
+    before writing the output saves writing and re-reading k*k times more data).
 
     Args:
         conv: the (pruned) dense layer; zeros in its weight are skipped.
         backend: ``"native"`` (direct sparse convolution) or ``"torch"`` (unfold + CSR product).
         relu: apply ReLU to the output.
-        threads: threads of the native kernel (default: ``torch.get_num_threads()``).
-        block: samples per block in the native kernel.
-        pool: window (= stride) of a fused ``MaxPool2d`` (floor mode, no padding); 1 for none.
+        threads: threads of the native kernel (default: ``torch.get_num_threads()`` at each call).
+        block: samples per block in the native kernel; 0 picks 8 (the input rows one tile reads
+            then stay in L2 for every output channel).
+        pool: window (= stride) of a fused ``MaxPool2d`` (no padding); 1 for none.
+        pool_ceil: the pooling's ``ceil_mode`` (partial windows at the bottom and right edges).
 
     Raises:
         ConfigError: a convolution :func:`conv_supported` rejects.
     """
 
     def __init__(self, conv: nn.Conv2d, backend: str = "native", relu: bool = False,
-                 threads: int | None = None, block: int = 64, pool: int = 1):
+                 threads: int | None = None, block: int = 0, pool: int = 1, pool_ceil: bool = False):
         reason = conv_supported(conv)
         if reason:
             raise ConfigError(f"cannot make a sparse convolution: {reason}; leave this layer dense")
-        super().__init__(conv.weight, conv.bias, backend, relu, threads, block)
+        super().__init__(conv.weight, conv.bias, backend, relu, threads, block, conv.groups)
+        self.groups = conv.groups
         self.in_channels = conv.in_channels
         self.kernel_size = _pair(conv.kernel_size)
         self.stride = _pair(conv.stride)
@@ -242,24 +250,32 @@ class SparseConv2d(_CSRLayer):
         self.pads = _conv_padding(conv)   # top, bottom, left, right
         if int(pool) < 1:
             raise ConfigError(f"pool must be a window size >= 1, got {pool}")
-        self.pool = int(pool)
+        self.pool, self.pool_ceil = int(pool), bool(pool_ceil) and int(pool) > 1
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr) = self.kernel_size, self.stride, self.dilation, self.pads
         return (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
 
+    def _pooled(self, size: int) -> int:
+        return -(-size // self.pool) if self.pool_ceil else size // self.pool
+
     def _native_descriptor(self, h: int, w: int):
         ho, wo = self._out_size(h, w)
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         hp, wp = (ho - 1) * sh + (kh - 1) * dh + 1, (wo - 1) * sw + (kw - 1) * dw + 1
-        if self.in_channels * hp * wp > _INT32_MAX:
+        hq, wq = -(-hp // sh), -(-wp // sw)   # extent of one stride phase of the padded input
+        if self.in_channels * sh * sw * hq * wq > _INT32_MAX:
             return None
+        # the kernel packs the padded input as (C, sh, sw, hq, wq, batch): padded pixel (y, x) in
+        # phase (y % sh, x % sw) at (y // sh, x // sw), so weight (c, i, j) read by output
+        # (oh, ow) sits at phase pixel tap + oh * wq + ow, stride 1 within the phase
         col = self.col.to(torch.int64)
         c, r = col // (kh * kw), col % (kh * kw)
-        taps = ((c * hp + (r // kw) * dh) * wp + (r % kw) * dw).to(torch.int32)
+        ry, rx = (r // kw) * dh, (r % kw) * dw
+        taps = ((((c * sh + ry % sh) * sw + rx % sw) * hq + ry // sh) * wq + rx // sw).to(torch.int32)
         fields = [self.in_channels, h, w, self.out_channels, ho, wo, kh, kw, sh, sw,
                   self.pads[0], self.pads[2], dh, dw]
-        return self._descriptor(fields, taps, self.pool), taps, ho, wo
+        return self._descriptor(fields, taps, self.pool, self.pool_ceil), taps, ho, wo
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = self._fast   # (kernel, descriptor address, H, W, output H, output W) of the last size
@@ -267,7 +283,7 @@ class SparseConv2d(_CSRLayer):
                 and x.shape[3] == fast[3] and x.dtype == torch.float32 and x.is_cpu and not x.requires_grad):
             x = x.contiguous()
             y = x.new_empty(x.shape[0], self.out_channels, fast[4], fast[5])
-            if fast[0](fast[1], x.shape[0], x.data_ptr(), y.data_ptr()):
+            if fast[0](fast[1], x.shape[0], x.data_ptr(), y.data_ptr(), self.threads or torch.get_num_threads()):
                 raise MemoryError("native sparse kernel: out of memory for its work buffers")
             return y
         return self._forward(x)
@@ -277,7 +293,7 @@ class SparseConv2d(_CSRLayer):
             raise ConfigError(f"SparseConv2d expects (batch, {self.in_channels}, H, W) inputs, got shape {tuple(x.shape)}")
         h, w = x.shape[2], x.shape[3]
         ho, wo = self._out_size(h, w)
-        if ho < self.pool or wo < self.pool:
+        if self._pooled(ho) < 1 or self._pooled(wo) < 1:
             raise ConfigError(f"input {h}x{w} is too small for the convolution (and pooling) of this layer")
         if self._use_native(x):
             entry = self._descriptors.get((h, w))
@@ -285,11 +301,11 @@ class SparseConv2d(_CSRLayer):
                 entry = self._descriptors[(h, w)] = self._native_descriptor(h, w)
             if entry is not None:
                 self._fast = (native.load().pl_sparse_forward, entry[0].data_ptr(), h, w,
-                              ho // self.pool, wo // self.pool)
-                y = x.new_empty(x.shape[0], self.out_channels, ho // self.pool, wo // self.pool)
+                              self._pooled(ho), self._pooled(wo))
+                y = x.new_empty(x.shape[0], self.out_channels, self._pooled(ho), self._pooled(wo))
                 return self._run_native(entry[0], x.contiguous(), y)
         out = self._torch_forward(x, ho, wo)
-        return F.max_pool2d(out, self.pool) if self.pool > 1 else out
+        return F.max_pool2d(out, self.pool, ceil_mode=self.pool_ceil) if self.pool > 1 else out
 
     def _torch_forward(self, x: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
         pt, pb, pl, pr = self.pads
@@ -305,4 +321,5 @@ class SparseConv2d(_CSRLayer):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"pads={self.pads}, dilation={self.dilation}, nnz={self.nnz}, sparsity={self.sparsity:.4f}, "
-                f"bias={self.bias is not None}, relu={self.relu}, pool={self.pool}, backend={self.backend}")
+                f"groups={self.groups}, bias={self.bias is not None}, relu={self.relu}, pool={self.pool}, "
+                f"pool_ceil={self.pool_ceil}, backend={self.backend}")

@@ -53,11 +53,13 @@ import torch  # noqa: F401  (loaded first: its libgomp then also serves the kern
 
 from prunelab.utils.io import atomic_path
 
-__all__ = ["load", "get", "status", "reset", "kernel_source", "DESCRIPTOR_FIELDS"]
+__all__ = ["load", "get", "status", "reset", "kernel_source", "DESCRIPTOR_FIELDS", "SOURCES"]
 
 #: Order of the int64 fields of a layer descriptor (``enum`` in the C source).
 DESCRIPTOR_FIELDS = ("C", "H", "W", "O", "HO", "WO", "KH", "KW", "SH", "SW", "PT", "PL", "DH", "DW",
-                     "ROWPTR", "TAPS", "VAL", "BIAS", "RELU", "BLOCK", "THREADS", "POOL")
+                     "ROWPTR", "TAPS", "VAL", "BIAS", "RELU", "BLOCK", "POOL", "POOL_CEIL")
+#: The C sources, joined in this order into one translation unit.
+SOURCES = ("sparse_layout.c", "sparse_kernel.c")
 
 # Tried in order; the first that compiles wins (a compiler may lack OpenMP or -march=native).
 _FLAG_SETS = (
@@ -75,9 +77,10 @@ _logger = logging.getLogger("prunelab.export")
 
 @functools.lru_cache(maxsize=None)
 def kernel_source() -> str:
-    """The C source of the kernel, as shipped in the package (``csrc/sparse_kernel.c``)."""
-    resource = importlib.resources.files("prunelab.export") / "csrc" / "sparse_kernel.c"
-    return resource.read_bytes().decode("utf-8")
+    """The C source of the kernel, as shipped in the package: the files of :data:`SOURCES` in
+    ``csrc/``, joined in order (one translation unit, so one compiler call and one cache key)."""
+    folder = importlib.resources.files("prunelab.export") / "csrc"
+    return "\n".join((folder / name).read_bytes().decode("utf-8") for name in SOURCES)
 
 
 def _cache_dir() -> Path:
@@ -154,7 +157,7 @@ def _build(cc: str) -> tuple[Path | None, tuple[str, ...], str]:
 def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.pl_sparse_forward.restype = ctypes.c_int
-    lib.pl_sparse_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    lib.pl_sparse_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     lib.pl_descriptor_length.restype = ctypes.c_int
     lib.pl_openmp.restype = ctypes.c_int
     if lib.pl_descriptor_length() != len(DESCRIPTOR_FIELDS):
@@ -166,7 +169,7 @@ def load() -> ctypes.CDLL | None:
     """The native kernel library, building it on first use; ``None`` when it cannot be had.
 
     Returns:
-        A ``ctypes.CDLL`` exposing ``pl_sparse_forward(descriptor, batch, x, y)``, or ``None``
+        A ``ctypes.CDLL`` exposing ``pl_sparse_forward(descriptor, batch, x, y, threads)``, or ``None``
         (no compiler, failed build, non-x86/ARM oddities, or ``PRUNELAB_NATIVE=0``); the reason
         is in :func:`status`.
     """

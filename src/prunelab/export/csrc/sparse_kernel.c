@@ -1,124 +1,11 @@
-
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
-
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-#define SLACK 64   /* floats of slack after every buffer: vector loops may run < 16 lanes past */
-
-static inline v16 load16(const float* p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline void store16(float* p, v16 v) { memcpy(p, &v, sizeof v); }
-static inline v16 relu16(v16 a) { v16 z = {0}; return (v16)((vi16)a & ~(a < z)); }  /* keeps NaN */
-
-#if defined(__AVX__)
-/* one 8x8 tile: d[c * dst_ld + r] = s[r * src_ld + c], r, c < 8 */
-static inline void tile8(const float* s, int64_t src_ld, float* d, int64_t dst_ld) {
-  __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + src_ld);
-  __m256 a2 = _mm256_loadu_ps(s + 2 * src_ld), a3 = _mm256_loadu_ps(s + 3 * src_ld);
-  __m256 a4 = _mm256_loadu_ps(s + 4 * src_ld), a5 = _mm256_loadu_ps(s + 5 * src_ld);
-  __m256 a6 = _mm256_loadu_ps(s + 6 * src_ld), a7 = _mm256_loadu_ps(s + 7 * src_ld);
-  __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
-  __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
-  __m256 t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5);
-  __m256 t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
-  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
-  _mm256_storeu_ps(d + dst_ld, _mm256_permute2f128_ps(u1, u5, 0x20));
-  _mm256_storeu_ps(d + 2 * dst_ld, _mm256_permute2f128_ps(u2, u6, 0x20));
-  _mm256_storeu_ps(d + 3 * dst_ld, _mm256_permute2f128_ps(u3, u7, 0x20));
-  _mm256_storeu_ps(d + 4 * dst_ld, _mm256_permute2f128_ps(u0, u4, 0x31));
-  _mm256_storeu_ps(d + 5 * dst_ld, _mm256_permute2f128_ps(u1, u5, 0x31));
-  _mm256_storeu_ps(d + 6 * dst_ld, _mm256_permute2f128_ps(u2, u6, 0x31));
-  _mm256_storeu_ps(d + 7 * dst_ld, _mm256_permute2f128_ps(u3, u7, 0x31));
-}
-#endif
-
-/* dst[c * dst_ld + r] = src[r * src_ld + c] for r < rows, c < cols. Blocks of 64 rows keep the
-   source lines in L1 while every destination row is written in whole cache lines: destination
-   rows may lie a power-of-two-like stride apart (batch rows of an output), which otherwise
-   thrashes a few cache sets. */
-static void transpose2d(const float* src, int64_t rows, int64_t cols, int64_t src_ld,
-                        float* dst, int64_t dst_ld) {
-  if (rows == 1 && dst_ld == 1) { memcpy(dst, src, sizeof(float) * cols); return; }
-  if (cols == 1 && src_ld == 1) { memcpy(dst, src, sizeof(float) * rows); return; }
-  int64_t rfull = 0, cfull = 0;
-#if defined(__AVX__)
-  rfull = rows & ~(int64_t)7;
-  cfull = cols & ~(int64_t)7;
-  for (int64_t rb = 0; rb < rfull; rb += 64) {
-    const int64_t re = rb + 64 < rfull ? rb + 64 : rfull;
-    for (int64_t c0 = 0; c0 < cfull; c0 += 8)
-      for (int64_t r0 = rb; r0 < re; r0 += 8) tile8(src + r0 * src_ld + c0, src_ld, dst + c0 * dst_ld + r0, dst_ld);
-  }
-#endif
-  for (int64_t c = cfull; c < cols; ++c)          /* right edge, full-tile rows */
-    for (int64_t r = 0; r < rfull; ++r) dst[c * dst_ld + r] = src[r * src_ld + c];
-  for (int64_t c = 0; c < cols; ++c)              /* bottom edge */
-    for (int64_t r = rfull; r < rows; ++r) dst[c * dst_ld + r] = src[r * src_ld + c];
-}
-
-/* Non-overlapping k x k max pooling (floor mode) of one channel held as (Ho, Wo, nb) into
-   (Ho / k, Wo / k, nb); NaN propagates, as in torch.max_pool2d. */
-static void maxpool(const float* in, int64_t Ho, int64_t Wo, int64_t nb, int64_t k, float* out) {
-  const int64_t Hq = Ho / k, Wq = Wo / k;
-  for (int64_t ph = 0; ph < Hq; ++ph)
-    for (int64_t pw = 0; pw < Wq; ++pw) {
-      float* o = out + (ph * Wq + pw) * nb;
-      const float* first = in + (ph * k * Wo + pw * k) * nb;
-      memcpy(o, first, sizeof(float) * nb);
-      for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < k; ++j) {
-          const float* v = in + ((ph * k + i) * Wo + pw * k + j) * nb;
-          for (int64_t b = 0; b < nb; ++b) o[b] = (v[b] > o[b] || v[b] != v[b]) && o[b] == o[b] ? v[b] : o[b];
-        }
-    }
-}
-
-/* out[j] = b + sum_{p < n} val[p] * in[tap[p] * nb + j] for j < lanes (then ReLU if asked) */
-static void accumulate(int64_t lanes, const float* in, const int32_t* tap, int64_t nb,
-                       const float* val, int64_t n, float b, int relu, float* out) {
-  if (lanes < 16) {
-    for (int64_t j = 0; j < lanes; ++j) {
-      float a0 = b, a1 = 0.f;   /* two chains: the FMA latency, not the loads, bounds a dot product */
-      int64_t p = 0;
-      for (; p + 1 < n; p += 2) { a0 += val[p] * in[tap[p] * nb + j]; a1 += val[p + 1] * in[tap[p + 1] * nb + j]; }
-      if (p < n) a0 += val[p] * in[tap[p] * nb + j];
-      a0 += a1;
-      out[j] = relu && a0 < 0.f ? 0.f : a0;
-    }
-    return;
-  }
-  v16 bv = {0};
-  bv += b;
-  int64_t j = 0;
-  for (; j + 48 < lanes; j += 64) {   /* four independent accumulators hide the FMA latency */
-    v16 a0 = bv, a1 = bv, a2 = bv, a3 = bv;
-    for (int64_t p = 0; p < n; ++p) {
-      const float* s = in + tap[p] * nb + j;
-      const float v = val[p];
-      a0 += v * load16(s); a1 += v * load16(s + 16); a2 += v * load16(s + 32); a3 += v * load16(s + 48);
-    }
-    if (relu) { a0 = relu16(a0); a1 = relu16(a1); a2 = relu16(a2); a3 = relu16(a3); }
-    store16(out + j, a0); store16(out + j + 16, a1); store16(out + j + 32, a2); store16(out + j + 48, a3);
-  }
-  for (; j < lanes; j += 16) {
-    v16 a0 = bv;
-    for (int64_t p = 0; p < n; ++p) a0 += val[p] * load16(in + tap[p] * nb + j);
-    if (relu) a0 = relu16(a0);
-    store16(out + j, a0);
-  }
-}
+/* Direct sparse convolution (a Linear layer is its 1x1 case); see prunelab/export/native.py.
+   Follows sparse_layout.c in the same translation unit. */
 
 /* Layer descriptor: int64 fields in this order (pointers stored as integers). */
 enum { D_C, D_H, D_W, D_O, D_HO, D_WO, D_KH, D_KW, D_SH, D_SW, D_PT, D_PL, D_DH, D_DW,
-       D_ROWPTR, D_TAPS, D_VAL, D_BIAS, D_RELU, D_BLOCK, D_THREADS, D_POOL, D_LEN };
+       D_ROWPTR, D_TAPS, D_VAL, D_BIAS, D_RELU, D_BLOCK, D_POOL, D_POOL_CEIL, D_LEN };
+
+#define CHUNK 64   /* lanes of one tile: 8 vectors of 8 floats, all held in registers */
 
 int pl_descriptor_length(void) { return D_LEN; }
 
@@ -130,109 +17,259 @@ int pl_openmp(void) {
 #endif
 }
 
-/* y = maxpool_k?(relu?(conv2d(x (batch, C, H, W), W_csr) + bias)), y (batch, O, Ho/k, Wo/k) with k = d[D_POOL]
-   (k <= 1: no pooling, y (batch, O, Ho, Wo)). Returns 0 on success. */
-int pl_sparse_forward(const int64_t* d, int64_t batch, const float* x, float* y) {
-  const int64_t C = d[D_C], H = d[D_H], W = d[D_W], O = d[D_O], Ho = d[D_HO], Wo = d[D_WO];
-  const int64_t sh = d[D_SH], sw = d[D_SW], pt = d[D_PT], pl = d[D_PL];
-  const int32_t* rowptr = (const int32_t*)(intptr_t)d[D_ROWPTR];
-  const int32_t* taps = (const int32_t*)(intptr_t)d[D_TAPS];
-  const float* val = (const float*)(intptr_t)d[D_VAL];
-  const float* bias = (const float*)(intptr_t)d[D_BIAS];
-  const int relu = (int)d[D_RELU];
-  const int nthreads = (int)d[D_THREADS];
-  const int64_t pool = d[D_POOL] > 1 ? d[D_POOL] : 1;
-  const int64_t hwq = (Ho / pool) * (Wo / pool), oq = O * hwq;
-  const int64_t Hp = (Ho - 1) * sh + (d[D_KH] - 1) * d[D_DH] + 1;
-  const int64_t Wp = (Wo - 1) * sw + (d[D_KW] - 1) * d[D_DW] + 1;
-  const int64_t chw = C * H * W, ohw = O * Ho * Wo, hwo = Ho * Wo;
-  const int direct = pt == 0 && pl == 0 && Hp == H && Wp == W;
-  const int64_t block = d[D_BLOCK] > 0 ? d[D_BLOCK] : 64;
-  const int64_t nb_max = batch < block ? batch : block;
-  const int64_t group = hwo == 1 && pool == 1 ? 16 : 1;   /* output channels unpacked together */
-  const int64_t ngroups = (O + group - 1) / group;
-  /* one sample of a Linear layer: read x as it is (the scalar path never reads past a row; the
-     vector paths may read < 16 floats past the input, so they always get the padded copy) */
-  const int in_place = direct && nb_max == 1 && hwo == 1;
-  if (batch <= 0) return 0;
-  float* xp = in_place ? NULL : (float*)malloc(sizeof(float) * (C * Hp * Wp * nb_max + SLACK));
-  if (!in_place && !xp) return 1;
-  int status = 0;
-  for (int64_t b0 = 0; b0 < batch; b0 += nb_max) {
-    const int64_t nb = batch - b0 < nb_max ? batch - b0 : nb_max;
-    const float* xb = x + b0 * chw;
-    const float* in = xp;
-    if (in_place) {
-      in = xb;
-    } else if (direct) {
-      transpose2d(xb, nb, chw, chw, xp, nb);
-    } else {
-      memset(xp, 0, sizeof(float) * C * Hp * Wp * nb);
-      const int64_t w_lo = pl < 0 ? -pl : 0, w_hi = W < Wp - pl ? W : Wp - pl;
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t h = 0; h < H; ++h) {
-          const int64_t hp = h + pt;
-          if (hp < 0 || hp >= Hp || w_hi <= w_lo) continue;
-          transpose2d(xb + (c * H + h) * W + w_lo, nb, w_hi - w_lo, chw,
-                      xp + ((c * Hp + hp) * Wp + pl + w_lo) * nb, nb);
-        }
+static layer_t layer_of(const int64_t* d) {
+  layer_t L;
+  L.C = d[D_C]; L.H = d[D_H]; L.W = d[D_W]; L.O = d[D_O]; L.Ho = d[D_HO]; L.Wo = d[D_WO];
+  L.KH = d[D_KH]; L.KW = d[D_KW]; L.sh = d[D_SH]; L.sw = d[D_SW]; L.pt = d[D_PT]; L.pl = d[D_PL];
+  L.dh = d[D_DH]; L.dw = d[D_DW];
+  L.Hp = (L.Ho - 1) * L.sh + (L.KH - 1) * L.dh + 1;
+  L.Wp = (L.Wo - 1) * L.sw + (L.KW - 1) * L.dw + 1;
+  L.Hq = (L.Hp + L.sh - 1) / L.sh;
+  L.Wq = (L.Wp + L.sw - 1) / L.sw;
+  L.rowptr = (const int32_t*)(intptr_t)d[D_ROWPTR];
+  L.taps = (const int32_t*)(intptr_t)d[D_TAPS];
+  L.val = (const float*)(intptr_t)d[D_VAL];
+  L.bias = (const float*)(intptr_t)d[D_BIAS];
+  L.relu = (int)d[D_RELU];
+  L.pool = d[D_POOL] > 1 ? d[D_POOL] : 1;
+  L.pool_ceil = (int)d[D_POOL_CEIL];
+  /* samples per block: a Linear layer reads each input once per output channel, so a wide
+     block (64 lanes per load) pays; a convolution keeps its block small so that the input rows
+     a tile reads (C x KH rows x a few pixels x nb) stay in L2 for all output channels */
+  const int64_t auto_block = L.Ho * L.Wo == 1 ? 64 : 8;
+  L.block = d[D_BLOCK] > 0 ? d[D_BLOCK] : auto_block;
+  return L;
+}
+
+/* out[8q + j] = relu?(b + sum_p val[p] * in[tap[p] * nb + 8q + j]) for q < nv, j < 8. Few vectors
+   get several partial sums over alternating non-zeros: the FMA latency, not the loads, would
+   otherwise bound a short tile. nv is a constant after inlining, so a[][] lives in registers. */
+static inline __attribute__((always_inline)) void tile(const int nv, const float* in, int64_t nb,
+                                                      const int32_t* tap, const float* val, int64_t n,
+                                                      float b, int relu, float* out) {
+  const int S = nv <= 2 ? 4 : nv <= 4 ? 2 : 1;
+  v8 a[4][8];
+  for (int s = 0; s < S; ++s)
+    for (int q = 0; q < nv; ++q) { a[s][q] = (v8){0}; if (s == 0) a[s][q] += b; }
+  int64_t p = 0;
+  for (; p + S <= n; p += S)
+    for (int s = 0; s < S; ++s) {
+      const float* src = in + (int64_t)tap[p + s] * nb;
+      const float v = val[p + s];
+      for (int q = 0; q < nv; ++q) a[s][q] += v * load8(src + 8 * q);
     }
-    if (!in_place) memset(xp + C * Hp * Wp * nb, 0, sizeof(float) * SLACK);
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+  for (; p < n; ++p) {
+    const float* src = in + (int64_t)tap[p] * nb;
+    const float v = val[p];
+    for (int q = 0; q < nv; ++q) a[0][q] += v * load8(src + 8 * q);
+  }
+  for (int q = 0; q < nv; ++q) {
+    for (int s = 1; s < S; ++s) a[0][q] += a[s][q];
+    store8(out + 8 * q, relu ? relu8(a[0][q]) : a[0][q]);
+  }
+}
+
+static void tile_any(int nv, const float* in, int64_t nb, const int32_t* tap, const float* val, int64_t n,
+                     float b, int relu, float* out) {
+  switch (nv) {
+    case 8: tile(8, in, nb, tap, val, n, b, relu, out); break;
+    case 7: tile(7, in, nb, tap, val, n, b, relu, out); break;
+    case 6: tile(6, in, nb, tap, val, n, b, relu, out); break;
+    case 5: tile(5, in, nb, tap, val, n, b, relu, out); break;
+    case 4: tile(4, in, nb, tap, val, n, b, relu, out); break;
+    case 3: tile(3, in, nb, tap, val, n, b, relu, out); break;
+    case 2: tile(2, in, nb, tap, val, n, b, relu, out); break;
+    default: tile(1, in, nb, tap, val, n, b, relu, out); break;
+  }
+}
+
+/* one sample, one output pixel (a Linear layer at batch 1): a sparse dot product per channel */
+static void dot_rows(const layer_t* L, const float* in, int64_t o0, int64_t o1, float* out) {
+  for (int64_t o = o0; o < o1; ++o) {
+    const int32_t* tap = L->taps + L->rowptr[o];
+    const float* v = L->val + L->rowptr[o];
+    const int64_t n = L->rowptr[o + 1] - L->rowptr[o];
+    float a0 = L->bias ? L->bias[o] : 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+    int64_t p = 0;
+    for (; p + 4 <= n; p += 4) {
+      a0 += v[p] * in[tap[p]]; a1 += v[p + 1] * in[tap[p + 1]];
+      a2 += v[p + 2] * in[tap[p + 2]]; a3 += v[p + 3] * in[tap[p + 3]];
+    }
+    for (; p < n; ++p) a0 += v[p] * in[tap[p]];
+    a0 = (a0 + a1) + (a2 + a3);
+    out[o] = L->relu && a0 < 0.f ? 0.f : a0;
+  }
+}
+
+/* How one block of nb samples is cut into tiles. Row mode: every output row holds Wo * nb lanes
+   (a multiple of 8, at least 32), read from the packed row oh * Wq; the output buffer holds
+   (O, Ho, Wo, nb). Wide mode (short rows): with every stride 1 in phase space, output pixel
+   (oh, ow) reads packed pixel (oh * Wq + ow) + tap, so one run of ((Ho-1) * Wq + Wo) * nb lanes
+   covers the channel; the Wq - Wo junk pixels per row are computed and dropped (buffer pitch
+   Wq). Dot mode: one lane (Linear at batch 1). */
+typedef struct {
+  int mode;                      /* 0 row, 1 wide, 2 dot */
+  int64_t pitch, row_chunks, tiles, out_len;
+} plan_t;
+
+static plan_t plan_of(const layer_t* L, int64_t nb) {
+  plan_t P;
+  const int64_t row = L->Wo * nb;
+  if (L->Ho * L->Wo == 1 && nb == 1) {
+    P.mode = 2; P.pitch = 1; P.row_chunks = 1; P.tiles = 1; P.out_len = 1;
+  } else if (row % 8 == 0 && row >= 32) {
+    P.mode = 0; P.pitch = L->Wo; P.row_chunks = (row + CHUNK - 1) / CHUNK;
+    P.tiles = L->Ho * P.row_chunks; P.out_len = L->Ho * row;
+  } else {
+    const int64_t lanes = (((L->Ho - 1) * L->Wq + L->Wo) * nb + 7) & ~(int64_t)7;
+    P.mode = 1; P.pitch = L->Wq; P.row_chunks = 1; P.tiles = (lanes + CHUNK - 1) / CHUNK;
+    P.out_len = lanes > L->Ho * L->Wq * nb ? lanes : L->Ho * L->Wq * nb;
+  }
+  return P;
+}
+
+/* tile t for output channels [o0, o1): ob holds (O, out_len) */
+static void run_tile(const layer_t* L, const plan_t* P, const float* in, int64_t nb, int64_t t,
+                     int64_t o0, int64_t o1, float* ob) {
+  if (P->mode == 2) { dot_rows(L, in, o0, o1, ob); return; }
+  int64_t in_off, out_off, lanes;
+  if (P->mode == 0) {
+    const int64_t oh = t / P->row_chunks, j = (t % P->row_chunks) * CHUNK, row = L->Wo * nb;
+    in_off = oh * L->Wq * nb + j; out_off = oh * row + j;
+    lanes = row - j < CHUNK ? row - j : CHUNK;
+  } else {
+    const int64_t total = (((L->Ho - 1) * L->Wq + L->Wo) * nb + 7) & ~(int64_t)7;
+    in_off = out_off = t * CHUNK;
+    lanes = total - t * CHUNK < CHUNK ? total - t * CHUNK : CHUNK;
+  }
+  const int nv = (int)((lanes + 7) / 8);
+  for (int64_t o = o0; o < o1; ++o) {
+    const int64_t start = L->rowptr[o];
+    tile_any(nv, in + in_off, nb, L->taps + start, L->val + start, L->rowptr[o + 1] - start,
+             L->bias ? L->bias[o] : 0.f, L->relu, ob + o * P->out_len + out_off);
+  }
+}
+
+/* (O, out_len) buffer of samples b0.. b0+nb -> y (batch, O, Ho', Wo'), pooling if asked */
+static void unpack(const layer_t* L, const plan_t* P, const float* ob, int64_t nb, int64_t o0, int64_t o1,
+                   float* pooled, float* yb) {
+  const int64_t hwo = L->Ho * L->Wo;
+  if (L->pool > 1) {
+    const int64_t k = L->pool;
+    const int64_t hq = L->pool_ceil ? (L->Ho + k - 1) / k : L->Ho / k, wq = L->pool_ceil ? (L->Wo + k - 1) / k : L->Wo / k;
+    const int64_t oq = L->O * hq * wq;
+    for (int64_t o = o0; o < o1; ++o) {
+      maxpool(ob + o * P->out_len, L->Ho, L->Wo, P->pitch, nb, k, L->pool_ceil, pooled);
+      transpose2d(pooled, hq * wq, nb, nb, yb + o * hq * wq, oq);
+    }
+  } else if (hwo == 1) {
+    transpose2d(ob + o0 * P->out_len, o1 - o0, nb, P->out_len, yb + o0, L->O);
+  } else if (P->pitch == L->Wo) {
+    for (int64_t o = o0; o < o1; ++o) transpose2d(ob + o * P->out_len, hwo, nb, nb, yb + o * hwo, L->O * hwo);
+  } else {
+    for (int64_t o = o0; o < o1; ++o)
+      for (int64_t oh = 0; oh < L->Ho; ++oh)
+        transpose2d(ob + o * P->out_len + oh * P->pitch * nb, L->Wo, nb, nb, yb + o * hwo + oh * L->Wo, L->O * hwo);
+  }
+}
+
+static inline int64_t out_per_sample(const layer_t* L) {
+  const int64_t k = L->pool;
+  if (k <= 1) return L->O * L->Ho * L->Wo;
+  const int64_t hq = L->pool_ceil ? (L->Ho + k - 1) / k : L->Ho / k, wq = L->pool_ceil ? (L->Wo + k - 1) / k : L->Wo / k;
+  return L->O * hq * wq;
+}
+
+/* The output goes straight to y when the buffer layout is already y's: one sample, no pooling,
+   and a buffer row of exactly Ho * Wo lanes (no junk pixels, no rounding: a tile writing past
+   its channel would overwrite the next channel, computed earlier). */
+static inline int direct_out(const layer_t* L, const plan_t* P, int64_t nb) {
+  return nb == 1 && L->pool == 1 && P->out_len == L->Ho * L->Wo;
+}
+
+/* Pack, compute and unpack samples [b0, b0 + nb) on the calling thread alone. */
+static void run_block(const layer_t* L, const float* x, int64_t b0, int64_t nb, float* xp, float* ob,
+                      float* tmp, float* pooled, float* y) {
+  const plan_t P = plan_of(L, nb);
+  const int64_t chw = L->C * L->H * L->W, oy = out_per_sample(L);
+  const float* in = xp;
+  if (P.mode == 2) in = x + b0 * chw;
+  else pack(L, x + b0 * chw, nb, xp, tmp);
+  float* out = direct_out(L, &P, nb) ? y + b0 * oy : ob;
+  for (int64_t t = 0; t < P.tiles; ++t) run_tile(L, &P, in, nb, t, 0, L->O, out);
+  if (out == ob) unpack(L, &P, ob, nb, 0, L->O, pooled, y + b0 * oy);
+}
+
+/* y = maxpool?(relu?(conv2d(x (batch, C, H, W), W_csr) + bias)) for nthreads threads (<= 0: one).
+   Threads take whole blocks of samples when there are enough blocks, else they share the tiles
+   (and output channels) of each block. Returns 0 on success, 1 when out of memory. */
+int pl_sparse_forward(const int64_t* d, int64_t batch, const float* x, float* y, int64_t nthreads) {
+  const layer_t L = layer_of(d);
+  if (batch <= 0) return 0;
+  const int64_t nb_max = batch < L.block ? batch : L.block;
+  const int64_t nblocks = (batch + nb_max - 1) / nb_max;
+  const int nt = nthreads > 1 ? (int)nthreads : 1;
+  const plan_t Pm = plan_of(&L, nb_max);
+  const size_t xp_len = (size_t)(packed_pixels(&L) * nb_max + SLACK);
+  const size_t ob_len = (size_t)(L.O * Pm.out_len + SLACK), tmp_len = (size_t)(L.W * nb_max + SLACK);
+  const size_t pool_len = (size_t)(L.Ho * L.Wo * nb_max + SLACK);
+  const size_t per_thread = xp_len + ob_len + tmp_len + pool_len;
+  int status = 0;
+  if (nt > 1 && nblocks >= nt) {
+#pragma omp parallel num_threads(nt)
     {
-      /* ob[channel in group, oh, ow, b]; a row may be overrun by < 16 lanes, which the next row
-         (computed later) overwrites, and the last one spills into the slack */
-      /* short rows (few samples, narrow outputs) use whole-channel "wide" rows instead: with
-         stride 1 the outputs (oh, ow < Wp) of a channel read one contiguous input range, so a
-         single long vector loop covers the channel and the Wp - Wo junk columns are dropped */
-      const int wide = sh == 1 && sw == 1 && Wo * nb < 64 && Ho > 1;
-      const int64_t wide_len = wide ? Ho * Wp * nb + SLACK : 0;
-      float* ob = (float*)malloc(sizeof(float) * (group * hwo * nb + hwq * nb + wide_len + 2 * SLACK));
-      float* pooled = ob ? ob + group * hwo * nb + SLACK : NULL;
-      float* wrow = ob ? pooled + hwq * nb + SLACK : NULL;
-      if (!ob) {
+      float* buf = (float*)malloc(sizeof(float) * per_thread);
+      if (!buf) {
+#pragma omp atomic write
+        status = 1;
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t k = 0; k < nblocks; ++k) {
+        if (!buf) continue;
+        const int64_t b0 = k * nb_max, nb = batch - b0 < nb_max ? batch - b0 : nb_max;
+        run_block(&L, x, b0, nb, buf, buf + xp_len, buf + xp_len + ob_len, buf + xp_len + ob_len + tmp_len, y);
+      }
+      free(buf);
+    }
+    return status;
+  }
+  float* buf = (float*)malloc(sizeof(float) * (xp_len + ob_len + tmp_len));
+  if (!buf) return 1;
+  float *xp = buf, *ob = buf + xp_len, *tmp = buf + xp_len + ob_len;
+  const int64_t chw = L.C * L.H * L.W, oy = out_per_sample(&L);
+  for (int64_t b0 = 0; b0 < batch && !status; b0 += nb_max) {
+    const int64_t nb = batch - b0 < nb_max ? batch - b0 : nb_max;
+    const plan_t P = plan_of(&L, nb);
+    const float* in = xp;
+    if (P.mode == 2) in = x + b0 * chw;
+    else pack(&L, x + b0 * chw, nb, xp, tmp);
+    float* out = direct_out(&L, &P, nb) ? y + b0 * oy : ob;
+    /* split output channels too when there are few tiles, so that every thread has work */
+    const int64_t osplit = nt > 1 && P.tiles < 4 * nt ? nt : 1;
+    const int64_t ochunk = (L.O + osplit - 1) / osplit;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+      float* pooled = out == ob ? (float*)malloc(sizeof(float) * pool_len) : NULL;
+      if (out == ob && !pooled) {
 #pragma omp atomic write
         status = 1;
       }
 #pragma omp for schedule(static)
-      for (int64_t g = 0; g < ngroups; ++g) {
-        if (!ob) continue;
-        const int64_t o0 = g * group, o1 = o0 + group < O ? o0 + group : O;
-        for (int64_t o = o0; o < o1; ++o) {
-          const float bo = bias ? bias[o] : 0.f;
-          const int32_t* tap = taps + rowptr[o];
-          const float* v = val + rowptr[o];
-          const int64_t n = rowptr[o + 1] - rowptr[o];
-          if (wide) {
-            accumulate(((Ho - 1) * Wp + Wo) * nb, in, tap, nb, v, n, bo, relu, wrow);
-            for (int64_t oh = 0; oh < Ho; ++oh)
-              memcpy(ob + ((o - o0) * Ho + oh) * Wo * nb, wrow + oh * Wp * nb, sizeof(float) * Wo * nb);
-            continue;
-          }
-          for (int64_t oh = 0; oh < Ho; ++oh) {
-            float* orow = ob + ((o - o0) * Ho + oh) * Wo * nb;
-            if (sw == 1)
-              accumulate(Wo * nb, in + oh * sh * Wp * nb, tap, nb, v, n, bo, relu, orow);
-            else
-              for (int64_t ow = 0; ow < Wo; ++ow)
-                accumulate(nb, in + (oh * sh * Wp + ow * sw) * nb, tap, nb, v, n, bo, relu, orow + ow * nb);
-          }
-        }
-        if (pool > 1) {
-          for (int64_t o = o0; o < o1; ++o) {
-            maxpool(ob + (o - o0) * hwo * nb, Ho, Wo, nb, pool, pooled);
-            transpose2d(pooled, hwq, nb, nb, y + b0 * oq + o * hwq, oq);
-          }
-        } else if (hwo == 1) {
-          transpose2d(ob, o1 - o0, nb, nb, y + b0 * ohw + o0, ohw);
-        } else {
-          for (int64_t o = o0; o < o1; ++o)
-            transpose2d(ob + (o - o0) * hwo * nb, hwo, nb, nb, y + b0 * ohw + o * hwo, ohw);
+      for (int64_t i = 0; i < osplit * P.tiles; ++i) {
+        const int64_t o0 = (i / P.tiles) * ochunk, o1 = o0 + ochunk < L.O ? o0 + ochunk : L.O;
+        if (o0 < o1) run_tile(&L, &P, in, nb, i % P.tiles, o0, o1, out);
+      }
+      if (out == ob) {
+        const int64_t per = (L.O + nt - 1) / nt;
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < nt; ++k) {
+          const int64_t o0 = k * per, o1 = o0 + per < L.O ? o0 + per : L.O;
+          if (pooled && o0 < o1) unpack(&L, &P, ob, nb, o0, o1, pooled, y + b0 * oy);
         }
       }
-      free(ob);
+      free(pooled);
     }
   }
-  free(xp);
+  free(buf);
   return status;
 }

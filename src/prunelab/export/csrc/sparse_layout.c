@@ -1,0 +1,140 @@
+/* Layout helpers of the sparse kernel: vector types, transposes, packing, max pooling.
+   Compiled as one translation unit with sparse_kernel.c (prunelab.export.native joins them). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+#define SLACK 64   /* floats of slack after every buffer: vector tiles may run < 8 lanes past */
+
+static inline v8 load8(const float* p) { v8 v; memcpy(&v, p, sizeof v); return v; }
+static inline void store8(float* p, v8 v) { memcpy(p, &v, sizeof v); }
+static inline v8 relu8(v8 a) { v8 z = {0}; return (v8)((vi8)a & ~(a < z)); }  /* keeps NaN */
+
+/* One layer, as described by the int64 descriptor (see enum in sparse_kernel.c), plus the
+   extents derived from it. Hp x Wp: the padded input that the outputs read; the packed input
+   splits it into sh x sw phase planes of Hq x Wq pixels, so that every stride becomes 1. */
+typedef struct {
+  int64_t C, H, W, O, Ho, Wo, KH, KW, sh, sw, pt, pl, dh, dw;
+  int64_t Hp, Wp, Hq, Wq;
+  const int32_t* rowptr;
+  const int32_t* taps;
+  const float* val;
+  const float* bias;
+  int relu, pool_ceil;
+  int64_t pool, block;
+} layer_t;
+
+#if defined(__AVX__)
+/* one 8x8 tile: d[c * dst_ld + r] = s[r * src_ld + c], r, c < 8 */
+static inline void tile8(const float* s, int64_t src_ld, float* d, int64_t dst_ld) {
+  __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + src_ld);
+  __m256 a2 = _mm256_loadu_ps(s + 2 * src_ld), a3 = _mm256_loadu_ps(s + 3 * src_ld);
+  __m256 a4 = _mm256_loadu_ps(s + 4 * src_ld), a5 = _mm256_loadu_ps(s + 5 * src_ld);
+  __m256 a6 = _mm256_loadu_ps(s + 6 * src_ld), a7 = _mm256_loadu_ps(s + 7 * src_ld);
+  __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+  __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+  __m256 t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5);
+  __m256 t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(d + dst_ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(d + 2 * dst_ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(d + 3 * dst_ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(d + 4 * dst_ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(d + 5 * dst_ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(d + 6 * dst_ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(d + 7 * dst_ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+/* dst[c * dst_ld + r] = src[r * src_ld + c] for r < rows, c < cols. Blocks of 64 rows keep the
+   source lines in L1 while every destination row is written in whole cache lines: destination
+   rows may lie a power-of-two-like stride apart (batch rows of an output), which otherwise
+   thrashes a few cache sets. */
+static void transpose2d(const float* src, int64_t rows, int64_t cols, int64_t src_ld,
+                        float* dst, int64_t dst_ld) {
+  if (rows == 1 && dst_ld == 1) { memcpy(dst, src, sizeof(float) * cols); return; }
+  if (cols == 1 && src_ld == 1) { memcpy(dst, src, sizeof(float) * rows); return; }
+  int64_t rfull = 0, cfull = 0;
+#if defined(__AVX__)
+  rfull = rows & ~(int64_t)7;
+  cfull = cols & ~(int64_t)7;
+  for (int64_t rb = 0; rb < rfull; rb += 64) {
+    const int64_t re = rb + 64 < rfull ? rb + 64 : rfull;
+    for (int64_t c0 = 0; c0 < cfull; c0 += 8)
+      for (int64_t r0 = rb; r0 < re; r0 += 8) tile8(src + r0 * src_ld + c0, src_ld, dst + c0 * dst_ld + r0, dst_ld);
+  }
+#endif
+  for (int64_t c = cfull; c < cols; ++c)          /* right edge, full-tile rows */
+    for (int64_t r = 0; r < rfull; ++r) dst[c * dst_ld + r] = src[r * src_ld + c];
+  for (int64_t c = 0; c < cols; ++c)              /* bottom edge */
+    for (int64_t r = rfull; r < rows; ++r) dst[c * dst_ld + r] = src[r * src_ld + c];
+}
+
+static inline int64_t packed_pixels(const layer_t* L) { return L->C * L->sh * L->sw * L->Hq * L->Wq; }
+
+/* Pack nb samples (x: the first one's (C, H, W)) into xp[c][ph][pw][hq][wq][b], the zero-padded
+   input split into stride phases: padded pixel (hp, wp) lands in phase (hp % sh, wp % sw) at
+   (hp / sh, wp / sw). With no padding and stride 1 this is the plain transpose (C*H*W, nb).
+   tmp: W * nb + SLACK floats. */
+static void pack(const layer_t* L, const float* x, int64_t nb, float* xp, float* tmp) {
+  const int64_t chw = L->C * L->H * L->W, total = packed_pixels(L) * nb;
+  if (L->pt == 0 && L->pl == 0 && L->sh == 1 && L->sw == 1 && L->Hp == L->H && L->Wp == L->W) {
+    transpose2d(x, nb, chw, chw, xp, nb);
+  } else {
+    memset(xp, 0, sizeof(float) * total);
+    const int64_t w_hi = L->W < L->Wp - L->pl ? L->W : L->Wp - L->pl;
+    for (int64_t c = 0; c < L->C && w_hi > 0; ++c)
+      for (int64_t h = 0; h < L->H; ++h) {
+        const int64_t hp = h + L->pt;
+        if (hp >= L->Hp) break;
+        const float* src = x + (c * L->H + h) * L->W;
+        float* plane = xp + ((c * L->sh + hp % L->sh) * L->sw * L->Hq + hp / L->sh) * L->Wq * nb;
+        if (L->sw == 1) {
+          transpose2d(src, nb, w_hi, chw, plane + L->pl * nb, nb);
+        } else if (nb == 1) {
+          for (int64_t w = 0; w < w_hi; ++w) {
+            const int64_t wp = w + L->pl;
+            plane[(wp % L->sw) * L->Hq * L->Wq + wp / L->sw] = src[w];
+          }
+        } else {   /* a row at a time, then each pixel's nb values to its phase */
+          transpose2d(src, nb, w_hi, chw, tmp, nb);
+          for (int64_t w = 0; w < w_hi; ++w) {
+            const int64_t wp = w + L->pl;
+            float* dst = plane + ((wp % L->sw) * L->Hq * L->Wq + wp / L->sw) * nb;
+            for (int64_t b = 0; b < nb; ++b) dst[b] = tmp[w * nb + b];
+          }
+        }
+      }
+  }
+  memset(xp + total, 0, sizeof(float) * SLACK);
+}
+
+/* k x k max pooling with stride k (no padding) of one channel held as (Ho, pitch, nb), the
+   first Wo pixels of each row valid, into (Hq, Wq, nb); ceil_mode keeps the partial windows at
+   the bottom and right edge (as torch's ceil_mode=True with no padding). NaN propagates. */
+static void maxpool(const float* in, int64_t Ho, int64_t Wo, int64_t pitch, int64_t nb, int64_t k,
+                    int ceil_mode, float* out) {
+  const int64_t Hq = ceil_mode ? (Ho + k - 1) / k : Ho / k, Wq = ceil_mode ? (Wo + k - 1) / k : Wo / k;
+  for (int64_t ph = 0; ph < Hq; ++ph)
+    for (int64_t pw = 0; pw < Wq; ++pw) {
+      float* o = out + (ph * Wq + pw) * nb;
+      memcpy(o, in + (ph * k * pitch + pw * k) * nb, sizeof(float) * nb);
+      for (int64_t i = 0; i < k && ph * k + i < Ho; ++i)
+        for (int64_t j = 0; j < k && pw * k + j < Wo; ++j) {
+          const float* v = in + ((ph * k + i) * pitch + pw * k + j) * nb;
+          for (int64_t b = 0; b < nb; ++b) o[b] = (v[b] > o[b] || v[b] != v[b]) && o[b] == o[b] ? v[b] : o[b];
+        }
+    }
+}
