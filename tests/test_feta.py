@@ -9,7 +9,8 @@ from torch import nn
 import prunelab
 from prunelab.data import Split
 from prunelab.errors import ConfigError
-from prunelab.methods.layerwise.feta import _dsq, feta_objective, feta_solve, feta_tau_guess
+from prunelab.methods.layerwise.feta import _dsq, feta_lipschitz, feta_objective, feta_solve, feta_tau_guess
+from prunelab.methods.layerwise.feta_solver import CURVATURE_BOUND
 from prunelab.methods.hard_threshold import histogram_threshold
 
 
@@ -24,6 +25,7 @@ def layer():
 
 
 FAST = dict(step=0.05, batch_size=100)   # N = 2000 gives 20 steps per epoch; η = 1e-3 is too slow
+QUICK = dict(min_steps=10, batch_size=100)   # the method on 600 rows: 10 steps per epoch, η = 1/L̂
 
 
 def test_sigmoid_gradient_is_the_true_derivative_even_where_the_official_code_breaks():
@@ -84,6 +86,62 @@ def test_shrink_bias_follows_the_official_prox(layer):
     assert shrunk.bias.abs().sum() < kept.bias.abs().sum()
 
 
+# F at τ = 1e-5 (λ = 1e-2) of the layer fixture, converged: the official rule run 300 times longer
+# (step 1e-3, 3000 steps per epoch) and the default rule (η = 1/L̂, 30 steps) both reach it.
+CONVERGED_F = 0.31014
+
+
+def test_few_rows_stall_the_official_rule_and_the_lipschitz_step_with_min_steps_converges(layer):
+    # N = 2000, b = 200: the official m = N/b gives 10 steps per epoch at η = 1e-3 = 0.013/L.
+    X, W, b, Y = layer
+    lam = 1e-5 / 1e-3
+
+    def objective(**kwargs):
+        result = feta_solve(X, Y, 1e-5, **kwargs)
+        return feta_objective(X, Y, result.weight, result.bias, lam=lam), result
+    official, _ = objective()
+    fixed_step, _ = objective(step_rule="lipschitz")
+    converged, result = objective(step_rule="lipschitz", min_steps=30)
+    assert official > 2.2 * CONVERGED_F
+    assert CONVERGED_F < fixed_step < 1.02 * CONVERGED_F
+    assert converged == pytest.approx(CONVERGED_F, rel=2e-4)   # the same λ: the same optimum
+    assert result.step == pytest.approx(1.0 / feta_lipschitz(X), rel=1e-12) and result.tau == 1e-5
+
+
+def test_min_steps_is_a_floor_on_the_official_steps_per_epoch(layer):
+    X, W, b, Y = layer   # N // b = 20 with FAST's b = 100
+    runs = [feta_solve(X, Y, 1e-4, outer_iters=1, min_steps=m, **FAST) for m in (0, 20, 21)]
+    assert torch.equal(runs[0].weight, runs[1].weight)
+    assert not torch.equal(runs[1].weight, runs[2].weight)
+
+
+def test_lipschitz_bound_is_the_curvature_bound_times_the_top_eigenvalue(layer):
+    X = layer[0]
+    ones = torch.cat([X, torch.ones(len(X), 1)], 1).double()
+    top = torch.linalg.eigvalsh(ones.T @ ones / len(X)).max().item()
+    assert feta_lipschitz(X) == pytest.approx(2 * CURVATURE_BOUND * top, rel=1e-5)
+    assert feta_lipschitz(torch.zeros(5, 3)) == pytest.approx(2 * CURVATURE_BOUND)   # the bias column
+    # ρ'² + ρρ'' (half the second derivative of ρ_θ²) peaks at 1.0453 for every θ.
+    z = torch.linspace(-3, 3, 60001, dtype=torch.float64)
+    for theta in (1.0, 10.0, 30.0):
+        s = torch.sigmoid(theta * z)
+        peak = (s * s + F.softplus(z, beta=theta) * theta * s * (1 - s)).max().item()
+        assert 1.045 < peak <= CURVATURE_BOUND
+
+
+def test_a_solve_of_some_units_gives_those_rows_of_the_full_solve(layer):
+    X, W, b, Y = layer
+    support = torch.rand(6, 20, generator=torch.Generator().manual_seed(2)) < 0.7
+    full = feta_solve(X, Y, 1e-4, support=support, step_rule="lipschitz", seed=5)
+    units = torch.tensor([1, 4, 5])
+    part = feta_solve(X, Y, 1e-4, support=support, step_rule="lipschitz", seed=5, units=units)
+    assert part.weight.shape == (3, 20)
+    # Equal up to the rounding of products over fewer columns.
+    torch.testing.assert_close(part.weight, full.weight[units], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(part.bias, full.bias[units], rtol=1e-4, atol=1e-5)
+    assert torch.equal(part.weight != 0, full.weight[units] != 0)
+
+
 def test_tau_guess_is_monotone_in_the_count(layer):
     X, W, b, Y = layer
     out = X @ W.T + b
@@ -103,7 +161,7 @@ def _mlp_and_data(seed=0):
 def test_feta_method_reaches_exact_sparsity_on_hidden_layers(polish):
     model, calib = _mlp_and_data()
     last = model[5].weight.detach().clone()
-    method = prunelab.methods.create("feta", polish_epochs=polish, **FAST)
+    method = prunelab.methods.create("feta", polish_epochs=polish, **QUICK)
     masks = method.prune(model, None, 0.8, calib)
     assert int(masks["1.weight"].sum()) == round(0.2 * 192)
     assert int(masks["3.weight"].sum()) == round(0.2 * 120)
@@ -113,14 +171,27 @@ def test_feta_method_reaches_exact_sparsity_on_hidden_layers(polish):
     assert all(i["tau"] > 0 and i["solves"] >= 1 for i in method.last_info)
 
 
+def test_probes_on_some_units_then_the_rest_give_the_full_solve_at_the_chosen_tau():
+    model, calib = _mlp_and_data()
+    X = calib.x.flatten(1)
+    Y = torch.relu(model[1](X)).detach()
+    method = prunelab.methods.create("feta", probe_units=4, polish_epochs=0, min_steps=10)
+    masks = method.prune(model, None, 0.75, calib)
+    info = method.last_info[0]
+    assert int(masks["1.weight"].sum()) == 48 and info["solves"] == len(info["probes"]) >= 1
+    full = feta_solve(X, Y, info["tau"], step_rule="lipschitz", min_steps=10)
+    torch.testing.assert_close(model[1].weight, full.weight * masks["1.weight"], rtol=1e-4, atol=1e-5)
+    assert info["solution_nonzeros"] == int((full.weight != 0).sum())
+
+
 def test_feta_prunes_among_survivors_and_fixed_tau_keeps_the_nonzeros():
     model, calib = _mlp_and_data()
     first = prunelab.methods.create("hard-threshold", exact=True).prune(model, None, 0.5)
-    masks = prunelab.methods.create("feta", search_steps=2, **FAST).prune(model, first, 0.75, calib)
+    masks = prunelab.methods.create("feta", search_steps=2, **QUICK).prune(model, first, 0.75, calib)
     assert bool((masks["1.weight"] <= first["1.weight"]).all())
     assert int(masks["1.weight"].sum()) == 48
     model, calib = _mlp_and_data()
-    method = prunelab.methods.create("feta", tau=(1e-3, 2e-3), **FAST)
+    method = prunelab.methods.create("feta", tau=(1e-3, 2e-3), **QUICK)
     masks = method.prune(model, None, 0.5, calib)
     assert torch.equal(masks["1.weight"], model[1].weight != 0)
     assert [i["tau"] for i in method.last_info] == [1e-3, 2e-3]
@@ -134,6 +205,10 @@ def test_feta_rejects_bad_input():
         prunelab.methods.create("feta", init="zeros")
     with pytest.raises(ConfigError, match="tau"):
         prunelab.methods.create("feta", tau=-1.0)
+    with pytest.raises(ConfigError, match="step_rule"):
+        prunelab.methods.create("feta", step_rule="adaptive")
+    with pytest.raises(ConfigError, match="min_steps"):
+        prunelab.methods.create("feta", min_steps=-1)
     with pytest.raises(ConfigError, match="no hyperparameter"):
         prunelab.methods.create("feta", lambda_=1.0)
 
