@@ -119,16 +119,15 @@ def test_count_flops_of_grouped_and_depthwise_convs_is_out_elems_times_group_fan
     assert [r["flops"] for r in records] == [288 * 18, 72 * 25] == [5184, 1800]
 
 
-def test_to_sparse_leaves_depthwise_convs_dense_with_the_reason():
+def test_to_sparse_converts_grouped_and_depthwise_convs():
     from prunelab.export import to_sparse
 
     model = _tiny("mobilenetv2").eval()
     prunelab.prune(model, "magnitude", sparsity=0.5)
-    with pytest.warns(UserWarning, match="grouped convolution"):
-        fast = to_sparse(model, batch_size=2, policy="always", verify=False)
+    fast = to_sparse(model, batch_size=2, policy="always", verify=False)
     left = fast.sparse_report["left_dense"]
     depthwise = [n[:-len(".weight")] for n in _grouped(model)]
-    assert depthwise and all("grouped" in left[n] for n in depthwise)
+    assert depthwise and not any(n in left for n in depthwise), left
     x = torch.randn(2, *SHAPE)
     with torch.no_grad():
         assert torch.allclose(fast(x), model(x), atol=1e-4)

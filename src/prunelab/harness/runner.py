@@ -6,8 +6,11 @@ disk per data set, model, dense budget and seed, :mod:`prunelab.harness.dense`),
 retraining budget, and is scored on the validation and test splits; the validation split alone is
 used to choose anything (the epoch kept after training).
 
-* one-shot methods: the harness prunes ``prune(dense copy, None, target, calib)``, evaluates,
-  retrains with the mask fixed for ``retrain`` epochs and evaluates again;
+* one-shot methods: the harness prunes ``prune(dense copy, None, target, calib)`` (starting masks
+  over the weights of ``spec.prunable`` instead of None when it restricts them), records the
+  prune phase's wall time and peak memory (``info["prune_peak_bytes"]``,
+  :class:`~prunelab.utils.memory.PeakMemory`), evaluates, retrains with the mask fixed for
+  ``retrain`` epochs and evaluates again;
 * iterative and training-time methods run their own loop through ``run(MethodContext)``.
 
 Under ``torchrun`` (``prunelab.training.distributed`` initialised with several ranks) every rank calls
@@ -37,6 +40,7 @@ from typing import Callable, Iterable
 import torch
 
 from prunelab import methods
+from prunelab.core.masks import Masks
 from prunelab.core.metrics import summary as metrics_summary
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.harness.dense import (  # noqa: F401  (re-exported: the harness's public names)
@@ -60,6 +64,7 @@ from prunelab.harness.spec import (  # noqa: F401  (re-exported: the harness's p
 from prunelab.methods.base import MethodContext
 from prunelab.training import distributed
 from prunelab.training.loop import train
+from prunelab.utils.memory import PeakMemory
 
 __all__ = [
     "RunSpec", "RunResult", "SweepReport", "run", "sweep", "validate_all", "canonical_options", "method_class",
@@ -184,8 +189,15 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
     if family == "oneshot":
         model = copy.deepcopy(dense)
         calib = _on_device(calibration_split(dataset, spec.calib_size, spec.seed), device)
+        rule = spec.prunable_rule()
+        # A restricted run starts from masks over the allowed weights only: the method prunes those.
+        start = None if rule is None else Masks.ones(model, rule=rule)
+        peak = PeakMemory(device)
         t0 = time.perf_counter()
-        masks = method.prune(model, None, float(spec.target), calib)
+        with peak:
+            masks = method.prune(model, start, float(spec.target), calib)
+        if start is not None:   # the weights left out stay dense, and count in the run's sparsity
+            masks = Masks({**dict(Masks.ones(model).items()), **dict(masks.items())})
         if distributed.is_active():
             # Every rank pruned; rank 0's masks and weights (some methods rewrite them) are kept,
             # so a method that is not bit-reproducible across processes cannot split the ranks.
@@ -193,6 +205,7 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
             distributed.broadcast_module(model)
         masks.apply(model)
         phase_times["prune"] = time.perf_counter() - t0
+        info.update(prune_peak_bytes=peak.peak_bytes, prune_peak_kind=peak.kind)
         scores["pruned"] = split_scores(model, dataset, retrain_config.eval_batch_size)
         phase_times["retrain"] = 0.0
         if retrain_config.epochs > 0:

@@ -24,12 +24,16 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from prunelab import data as data_mod
 from prunelab import methods, models
+from prunelab.core.prunable import PrunableRule
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.training.loop import TrainConfig
 from prunelab.utils.docstrings import field_defaults
 from prunelab.utils.io import plain_json
 
 PHASES = ("dense", "pruned", "final")
+#: the :class:`~prunelab.core.prunable.PrunableRule` options a run spec may set (the JSON-able ones).
+PRUNABLE_OPTIONS = ("embeddings", "patterns", "exclude", "exclude_first", "exclude_last")
+_PRUNABLE_DEFAULTS = {name: PrunableRule.__dataclass_fields__[name].default for name in PRUNABLE_OPTIONS}
 SPLITS = ("val", "test")
 
 
@@ -128,6 +132,12 @@ class RunSpec:
         dense: ``TrainConfig`` fields of the dense training budget (``seed`` is ``self.seed``).
         retrain: ``TrainConfig`` fields of the retraining budget; ``epochs=0`` skips retraining.
         calib_size: training samples handed to one-shot methods as calibration data.
+        prunable: options of :class:`~prunelab.core.prunable.PrunableRule` (:data:`PRUNABLE_OPTIONS`,
+            e.g. ``{"exclude_last": True}``) restricting the weights a one-shot method is given to
+            prune (as its starting masks); the others stay dense and are still counted in the
+            run's sparsity. Empty (default): every prunable weight, as ``method.prune(model)``
+            gives it. A layer-wise method's own default (every given layer but the last) then
+            applies to the given layers only.
     """
 
     dataset: str
@@ -141,10 +151,11 @@ class RunSpec:
     dense: dict = field(default_factory=dict)
     retrain: dict = field(default_factory=dict)
     calib_size: int = 1024
+    prunable: dict = field(default_factory=dict)
 
     def __post_init__(self):
         # Private copies: a caller mutating its dict later must not change a spec (or its hash).
-        for name in ("hparams", "model_kwargs", "data_kwargs", "dense", "retrain"):
+        for name in ("hparams", "model_kwargs", "data_kwargs", "dense", "retrain", "prunable"):
             value = getattr(self, name)
             if not isinstance(value, dict):
                 raise ConfigError(f"run spec field {name} must be a dict, got {type(value).__name__}")
@@ -166,6 +177,7 @@ class RunSpec:
             "dense": canonical_options(self.dense, _train_defaults(), "dense-training option"),
             "retrain": canonical_options(self.retrain, _train_defaults(), "retraining option"),
             "calib_size": self.calib_size,
+            "prunable": canonical_options(self.prunable, _PRUNABLE_DEFAULTS, "prunable-rule option"),
         }
         # A field at its default is left out, so adding a spec field later keeps old hashes.
         spec_defaults = field_defaults(RunSpec)
@@ -192,9 +204,34 @@ class RunSpec:
             hp = self.hparams
         # A method seed that follows the run seed (random pruning in the suites) is not a variant.
         hp = {k: v for k, v in hp.items() if not (k == "seed" and v == self.seed)}
-        if not hp:
-            return self.method
-        return f"{self.method}(" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(hp.items())) + ")"
+        label = self.method
+        if hp:
+            label += "(" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(hp.items())) + ")"
+        try:
+            rule = canonical_options(self.prunable, _PRUNABLE_DEFAULTS, "prunable-rule option")
+        except PrunelabError:
+            rule = self.prunable
+        if rule:
+            label += "[" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(rule.items())) + "]"
+        return label
+
+    def prunable_rule(self) -> PrunableRule | None:
+        """The :class:`~prunelab.core.prunable.PrunableRule` of :attr:`prunable`, or None when every
+        option is at its default (the same run as an empty ``prunable``, so the same behaviour).
+
+        Raises:
+            ConfigError: an unknown option or a bad value.
+        """
+        if not canonical_options(self.prunable, _PRUNABLE_DEFAULTS, "prunable-rule option"):
+            return None
+        for key in ("patterns", "exclude"):
+            value = self.prunable.get(key, [])
+            if not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"prunable {key} must be a list of names or fnmatch patterns, got {value!r}")
+        for key in ("embeddings", "exclude_first", "exclude_last"):
+            if not isinstance(self.prunable.get(key, False), bool):
+                raise ConfigError(f"prunable {key} must be true or false, got {self.prunable[key]!r}")
+        return PrunableRule(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.prunable.items()})
 
     def to_dict(self) -> dict:
         """All fields as given (JSON-able); :meth:`from_dict` inverts it."""
@@ -246,6 +283,9 @@ class RunSpec:
             raise ConfigError(f"dense training budget must be at least 1 epoch, got epochs={dense.epochs}")
         self.retrain_config()
         self.canonical()  # unknown hyperparameters, data options, non-JSON values
+        if self.prunable_rule() is not None and getattr(method_class(self.method), "family", "oneshot") != "oneshot":
+            raise ConfigError(f"prunable applies to one-shot methods; {self.method!r} runs its own loop "
+                              "(give it the layers through its hyperparameters, if it has any)")
         try:
             methods.create(self.method, **self.hparams)
         except PrunelabError as exc:
@@ -298,7 +338,10 @@ class RunResult:
         dense_cached: the dense model was loaded from the cache rather than trained by this run.
         traces: name → list of per-round / per-epoch dicts.
         layers: the per-layer table of ``metrics.summary`` for the final model.
-        info: method-specific facts and provenance (git SHA, versions, counting convention).
+        info: method-specific facts and provenance (git SHA, versions, counting convention); for
+            one-shot runs ``prune_peak_bytes`` (the prune phase's peak memory above its start,
+            None where not measurable) and ``prune_peak_kind`` (``"rss"``, ``"cuda"`` or None;
+            :class:`~prunelab.utils.memory.PeakMemory`).
     """
 
     spec: RunSpec

@@ -66,6 +66,8 @@ SUITE_METHODS: dict[str, list[tuple]] = {
         ("feta", {}),                                    # ~8 s
         ("lobs", {"update": "oneshot"}),                 # ~8 s (the exact sequential update: ~50 s)
         ("nettrim", {"search_steps": 3, "max_iters": 150}),  # ~16 s (defaults: ~30 s, same accuracy here)
+        ("sparsegpt", {}),                               # < 1 s
+        ("wanda", {}),                                   # < 1 s
         ("os", {"rate": 0.5, "epochs": 1}),              # density halves each round: round t = target t
         ("lt", {"rate": 0.5, "epochs": 1}),
         ("sap", {"rounds": 8, "epochs": 1}, [0.96875]),  # SAP sets its own pace: one run, 8 rounds traced
@@ -78,6 +80,8 @@ SUITE_METHODS: dict[str, list[tuple]] = {
         ("feta", {}),
         ("lobs", {}),
         ("nettrim", {}),
+        ("sparsegpt", {}),
+        ("wanda", {}),
         ("os", {"rate": 0.5}),
         ("lt", {"rate": 0.5}),
         ("sap", {"rounds": 15}, [0.96875]),
