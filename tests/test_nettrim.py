@@ -103,3 +103,63 @@ def test_least_squares_refit_recovers_the_true_weights_on_their_support(layer):
         model, None, 0.75, calib)
     assert int(masks["0.weight"].sum()) == 80
     assert bool((model[0].weight[~masks["0.weight"]] == 0).all())
+
+
+def test_next_epsilon_secant_inside_a_bracket_and_capped_steps_outside():
+    from prunelab.methods.layerwise.nettrim import next_epsilon
+
+    # Bracket: count 400 at ε = 0.1, 100 at ε = 0.4; log-count linear in log ε → 200 at ε = 0.2.
+    probes = [{"epsilon": 0.1, "nonzeros": 400}, {"epsilon": 0.4, "nonzeros": 100}]
+    assert next_epsilon(probes, 200, 1e-3, 1.0) == pytest.approx(0.2)
+    # Kept inside the middle 80 % of the bracket (log scale).
+    assert next_epsilon(probes, 399, 1e-3, 1.0) == pytest.approx(0.1 * 4 ** 0.1)
+    # One probe far above the request: at most ×4 per step.
+    assert next_epsilon([{"epsilon": 0.1, "nonzeros": 10_000}], 10, 1e-3, 1.0) == pytest.approx(0.4)
+    # Too sparse already at the smallest ε: nothing left to try.
+    assert next_epsilon([{"epsilon": 1e-3, "nonzeros": 5}], 10, 1e-3, 1.0) is None
+    assert next_epsilon([{"epsilon": 1.0, "nonzeros": 50}], 10, 1e-3, 1.0) is None
+
+
+def test_over_relaxation_reaches_the_plain_admm_solution(layer):
+    X, W, b, outputs = layer
+    plain = nettrim_solve(X, outputs, 0.1, rho=10.0, max_iters=1500, tol=0.0, alpha=1.0)
+    relaxed = nettrim_solve(X, outputs, 0.1, rho=10.0, max_iters=1500, tol=0.0, alpha=1.6)
+    # Same convex program: same ℓ1 optimum and support; the relaxed iterate is closer to feasible.
+    assert float(relaxed.weight.abs().sum()) == pytest.approx(float(plain.weight.abs().sum()), rel=1e-3)
+    assert bool(((relaxed.weight.abs() > 1e-3) == (plain.weight.abs() > 1e-3)).all())
+    assert relaxed.primal < plain.primal
+
+
+def test_state_columns_round_trip(layer):
+    X, W, b, outputs = layer
+    state = nettrim_solve(X, outputs, 0.1, max_iters=20).state
+    index = torch.tensor([1, 4, 6])
+    part = state.columns(index)
+    assert part.w.shape == (31, 3) and part.z.shape == (500, 3) and part.rho.shape == (3,)
+    fresh = nettrim_solve(X, outputs, 0.1, max_iters=1).state
+    fresh.set_columns(index, part)
+    torch.testing.assert_close(fresh.w[:, index], state.w[:, index], rtol=0, atol=0)
+    torch.testing.assert_close(fresh.u[:, index], state.u[:, index], rtol=0, atol=0)
+
+
+def test_search_on_a_subset_of_neurons_keeps_exact_counts():
+    model, calib = _mlp_and_data()
+    method = prunelab.methods.create("nettrim", search_neurons=6, search_iters=30, max_iters=60)
+    masks = method.prune(model, None, 0.75, calib)
+    assert int(masks["0.weight"].sum()) == 80 and int(masks["2.weight"].sum()) == 32
+    first, second = method.last_info
+    assert first["searched_neurons"] == 6 and second["searched_neurons"] == 6
+    # Every probe lies in the search range and the chosen ε is one of them.
+    for info in (first, second):
+        assert all(1e-3 <= p["epsilon"] <= 1.0 for p in info["probes"])
+        assert info["epsilon"] in [p["epsilon"] for p in info["probes"]]
+
+
+def test_new_hparams_are_checked():
+    with pytest.raises(ConfigError, match="alpha"):
+        prunelab.methods.create("nettrim", alpha=2.0)
+    with pytest.raises(ConfigError, match="search_neurons"):
+        prunelab.methods.create("nettrim", search_neurons=0)
+    X = torch.randn(50, 4)
+    with pytest.raises(ConfigError, match="alpha"):
+        nettrim_solve(X, X @ torch.randn(3, 4).T, 0.1, alpha=0.0)

@@ -1,249 +1,71 @@
 """Net-Trim: convex layer-wise pruning (Aghasi, Abdi, Nguyen, Romberg, NIPS 2017).
 
 For a ReLU layer with inputs ``x_i`` and original pre-activations ``a_i = W x_i + b``, Net-Trim
-finds, for every output neuron m with active set Ω_m = {i : a_im > 0},
+finds, for every output neuron m with active set Ω_m = {i : a_im > 0} (the paper's program (3)),
 
     min ||w_m||₁   s.t.   ||(X̃ w_m − a_m)_{Ω_m}||₂ ≤ ε_m,   (X̃ w_m)_{Ω_mᶜ} ≤ 0,
 
 so the pruned neuron reproduces the active outputs up to ε_m and keeps the inactive ones
 inactive (``X̃ = [X, 1]``; the bias coordinate is fitted but not in the ℓ1 norm, as biases are not
 pruned in prunelab). prunelab uses a relative ε: ``ε_m = epsilon · ||(a_m)_{Ω_m}||₂``; at
-``epsilon = 1`` the all-zero weights are feasible.
+``epsilon = 1`` the all-zero weights are feasible. The solver is an over-relaxed ADMM over all
+neurons of the layer at once (:mod:`prunelab.methods.layerwise.nettrim_admm`).
 
-Solver: ADMM written here, all neurons of the layer at once (one column each). With the rows
-scaled by 1/√N, the inputs centred (``Xw + b = (X − μ)w + (b + μᵀw)``: the unpenalised bias
-absorbs the mean, which removes the huge mean direction of non-negative inputs from X̃ᵀX̃; without
-it ADMM drifted on such layers) and ``c² = trace(X̃ᵀX̃/N) / D`` balancing the two constraints,
-split ``X̃w = z`` (z in the constraint set C) and ``c w = c v`` (v carries the ℓ1 norm):
-
-    w ← (X̃ᵀX̃ + c² I)⁻¹ (X̃ᵀ(z − u) + c(c v − s))      one Cholesky factor for the whole layer
-    z ← Proj_C(X̃w + u)                                  ball around a_Ω on Ω, clamp ≤ 0 off Ω
-    v ← soft(w + s/c, 1/(ρ c²))                         (bias: no shrinkage)
-    u ← u + X̃w − z;   s ← s + c(w − v)
-
-ρ is fixed (default ``1 / (c² mean|w_trained|)``, so the first ℓ1 step shrinks by about the
-mean weight): residual balancing (Boyd et al. 2011, §3.4.1) was tried and dropped, as it drove ρ
-to zero on layers with nearly-dead neurons and the ℓ1 step then erased every weight. The stopping
-rule is Boyd's relative primal/dual residual test on the whole layer (``tol``), checked every 10
-steps. The weights returned are v (exactly sparse); at convergence X̃v = z meets the constraints.
-
-Reaching a requested sparsity: the ℓ1 solution's non-zero count tends to fall as ε grows, so prunelab
-bisects on log ε (each probe ``search_iters`` ADMM iterations warm-started from the previous
-probe's state), keeps the probe whose count is closest above the request, runs ADMM from it to
-convergence, then cuts the smallest |w| to the exact count (the cut can break the ε constraint
-slightly; ``last_info`` reports the relative fit error after it). ``epsilon`` set and
+Reaching a requested sparsity: the ℓ1 solution's non-zero count falls as ε grows (about as a
+power of ε: log-count is close to linear in log ε), so prunelab searches ε: each probe runs
+``search_iters`` ADMM iterations warm-started from the previous probe's state, the next ε is the
+secant step on (log ε, log count) between the closest probes on either side of the request
+(bisection-safeguarded inside a bracket, steps of at most ×4 outside one), and the search stops
+once a probe lands within 3 % of the request (the first probe, from the trained weights, runs
+twice as long). The search runs on ``search_neurons`` neurons
+drawn at random (seeded): the neurons' programs are independent for a given ε, so the subset's
+non-zero fraction estimates the layer's at a fraction of the cost. The final solve runs all
+neurons at the chosen ε (the subset warm, the rest from the trained weights) for ``max_iters``
+iterations, then cuts the smallest |w| to the exact count (the cut can break the ε constraint
+slightly; ``last_info`` reports the relative fit error after it). When even the smallest ε keeps
+fewer weights than requested (a layer whose neurons are active on fewer samples than it has
+inputs has sparse ℓ1 solutions at any ε), the densest probe is used and the cut keeps the
+remaining trained weights with the largest magnitude (at value 0). ``epsilon`` set and
 ``search_steps=0`` skip the search (the paper's protocol) and only cut. At high sparsity the ℓ1
 solution shrinks its survivors hard (on the FC 784-100-100 Fashion-MNIST net, 90 % needs
 ε ≈ 0.77); ``refit=True`` (beyond the paper) refits them by least squares on the kept support.
+
+Defaults and cost. One ADMM iteration on a layer costs two products with the ``N × d_in`` inputs
+for every neuron (4,096 × 1,024 × 1,024: about 0.2 s on 2 cores), so the defaults are set by
+iteration counts. On the MLP 784-1024-1024-10 (Fashion-MNIST, 4,096 calibration rows) the former
+defaults (9 probes of 50 iterations on every neuron, then up to 300, plain ADMM: about 750
+full-layer iterations per layer) ran over 10 minutes at 90 %; the defaults here (see
+:class:`NetTrimHparams`) run about 60 full-layer iteration equivalents per layer (two to five
+probes on 128 neurons, 50 final iterations), 8-12 times less CPU time measured side by side, at
+85.3 % test top-1 at 90 % and 87.9 % at 50 % (dense: 87.9 %). The former behaviour stays
+reachable: ``search_neurons=None`` (search on every neuron), ``search_steps=8, search_iters=50,
+max_iters=300, alpha=1.0`` (the search then uses the secant rule above, not bisection).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 
 from prunelab.errors import ConfigError
 from prunelab.methods.layerwise.driver import LayerProblem, LayerwiseHparams, check_common_hparams, prune_with_solver, top_k_mask
+from prunelab.methods.layerwise.nettrim_admm import (  # noqa: F401  (re-exported)
+    NetTrimLayer, NetTrimResult, NetTrimState, initial_state, nettrim_solve,
+)
 from prunelab.core.masks import Masks
 from prunelab.methods import register
 from prunelab.methods.base import OneShotMethod, check_sparsity
 
-
-_CHECK_EVERY = 10
-
-
-@dataclass
-class NetTrimState:
-    """ADMM iterate of :func:`nettrim_solve` (all neurons as columns), reusable as a warm start.
-
-    ``w``, ``v``, ``s``: ``(D, d_out)``; ``z``, ``u``: ``(N, d_out)``; ``rho``: ``(d_out,)``.
-    """
-
-    w: torch.Tensor
-    z: torch.Tensor
-    v: torch.Tensor
-    u: torch.Tensor
-    s: torch.Tensor
-    rho: torch.Tensor
-
-
-@dataclass
-class NetTrimResult:
-    """Output of :func:`nettrim_solve`.
-
-    Attributes:
-        weight: ``(d_out, d_in)`` sparse solution (v). bias: ``(d_out,)`` or None.
-        state: the final ADMM iterate. iters: iterations run.
-        primal: final relative primal residual of the layer.
-    """
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    state: NetTrimState
-    iters: int
-    primal: float
-
-
-class _Layer:
-    """Products with X̃/√N, X̃ = [X − μ, 1], without materialising either.
-
-    With an unpenalised bias, ``Xw + b = (X − μ)w + (b + μᵀw)``: centring the inputs only
-    re-expresses the bias and leaves the ℓ1 problem unchanged, but it removes the large mean
-    direction of non-negative inputs (pixels, post-ReLU activations) from X̃ᵀX̃, without which
-    ADMM stalls or drifts on such layers. Without a bias nothing is centred.
-    """
-
-    def __init__(self, X: torch.Tensor, bias: bool):
-        self.X = X.to(torch.float32).contiguous()
-        self.bias = bias
-        self.n, self.d_in = self.X.shape
-        self.scale = 1.0 / math.sqrt(self.n)
-        self.mean = self.X.to(torch.float64).mean(0).to(torch.float32) if bias else None
-
-    def mv(self, w: torch.Tensor) -> torch.Tensor:        # X̃ w / √N, w (D, k)
-        inner = w[: self.d_in]
-        out = self.X @ inner
-        if self.bias:
-            out += w[self.d_in:] - self.mean @ inner
-        return out * self.scale
-
-    def tmv(self, r: torch.Tensor) -> torch.Tensor:       # X̃ᵀ r / √N, r (N, k)
-        out = self.X.T @ r
-        if self.bias:
-            total = r.sum(0, keepdim=True)
-            out = torch.cat((out - self.mean[:, None] * total, total))
-        return out * self.scale
-
-    def gram(self) -> torch.Tensor:
-        X = self.X.to(torch.float64)
-        if not self.bias:
-            return X.T @ X / self.n
-        centred = X - X.mean(0)
-        size = self.d_in + 1
-        g = torch.zeros(size, size, dtype=X.dtype, device=X.device)
-        g[: self.d_in, : self.d_in] = centred.T @ centred / self.n
-        g[self.d_in, self.d_in] = 1.0
-        return g
-
-    def to_centred(self, w: torch.Tensor) -> torch.Tensor:
-        """(weights; bias) → (weights; b + μᵀw)."""
-        if self.bias:
-            w = w.clone()
-            w[self.d_in] += self.mean @ w[: self.d_in]
-        return w
-
-    def from_centred(self, w: torch.Tensor) -> torch.Tensor:
-        if self.bias:
-            w = w.clone()
-            w[self.d_in] -= self.mean @ w[: self.d_in]
-        return w
-
-
-def _project(zhat: torch.Tensor, target: torch.Tensor, active: torch.Tensor, radius: torch.Tensor):
-    """Projection onto {z : ||(z − target)_Ω|| ≤ radius, z_Ωᶜ ≤ 0}, column-wise."""
-    diff = (zhat - target) * active
-    norm = diff.norm(dim=0)
-    factor = torch.where(norm > radius, radius / norm.clamp_min(1e-30), torch.ones_like(norm))
-    return torch.where(active, target + diff * factor, zhat.clamp_max(0.0))
-
-
-@torch.no_grad()
-def nettrim_solve(X: torch.Tensor, outputs: torch.Tensor, epsilon: float, *,
-                  weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                  use_bias: bool = True, mask: torch.Tensor | None = None,
-                  state: NetTrimState | None = None, rho: float | None = None,
-                  max_iters: int = 500, tol: float = 1e-3, _factor=None) -> NetTrimResult:
-    """Net-Trim's per-layer convex program by ADMM (module docstring).
-
-    Args:
-        X: ``(N, d_in)`` layer inputs.
-        outputs: ``(N, d_out)`` original pre-activations ``a``.
-        epsilon: relative fit tolerance ε (``ε_m = epsilon · ||(a_m)_Ω||``), > 0.
-        weight, bias: starting point ``(d_out, d_in)`` / ``(d_out,)`` (default 0); ignored with
-            ``state``.
-        use_bias: fit a bias (unpenalised).
-        mask: ``(d_out, d_in)`` bool; weights outside stay 0.
-        state: warm start (a previous result's state, its ρ included).
-        rho: ADMM penalty ρ; None = ``1 / (c² mean|w₀|)`` (the ℓ1 step then shrinks by about the
-            mean starting weight).
-        max_iters: iteration cap. tol: stop when the relative primal and dual residuals of the
-            whole layer are below it (checked every 10 iterations).
-
-    Returns:
-        :class:`NetTrimResult`.
-    """
-    if epsilon <= 0:
-        raise ConfigError(f"Net-Trim epsilon must be > 0, got {epsilon}")
-    layer = _Layer(X, use_bias)
-    d_in = layer.d_in
-    d_out = outputs.shape[1]
-    size = d_in + int(use_bias)
-    active = outputs > 0
-    target = outputs.to(torch.float32).clamp_min(0.0) * layer.scale
-    radius = epsilon * target.norm(dim=0)
-    if _factor is None:
-        gram = layer.gram()
-        c2 = float(gram.diagonal().mean())
-        _factor = (torch.linalg.cholesky(gram + c2 * torch.eye(size, dtype=gram.dtype, device=gram.device)), c2)
-    chol, c2 = _factor
-    chol32 = chol.to(torch.float32)
-    c = math.sqrt(c2)
-    device = layer.X.device
-    keep = torch.ones(size, d_out, device=device)
-    if mask is not None:
-        keep[:d_in] = mask.T.to(torch.float32)
-    shrink_scale = torch.ones(size, 1, device=device)
-    if use_bias:
-        shrink_scale[d_in] = 0.0
-    if state is None:
-        w = torch.zeros(size, d_out, device=device)
-        if weight is not None:
-            w[:d_in] = weight.T
-        if bias is not None and use_bias:
-            w[d_in] = bias
-        w = layer.to_centred(w * keep)
-        z = _project(layer.mv(w), target, active, radius)
-        mean_abs = float(w[:d_in].abs().mean()) or 1.0
-        rho = 1.0 / (c2 * mean_abs) if rho is None else rho
-        if rho <= 0:
-            raise ConfigError(f"Net-Trim rho must be > 0, got {rho}")
-        state = NetTrimState(w, z, w.clone(), torch.zeros_like(z), torch.zeros_like(w),
-                             torch.full((d_out,), float(rho), device=device))
-    w, z, v, u, s, rho = (state.w.clone(), state.z.clone(), state.v.clone(), state.u.clone(),
-                          state.s.clone(), state.rho.clone())
-    if max_iters < 1:
-        raise ConfigError(f"Net-Trim max_iters must be >= 1, got {max_iters}")
-    primal = math.inf
-    it = 0
-    for it in range(1, max_iters + 1):
-        w = torch.cholesky_solve(layer.tmv(z - u) + c * (c * v - s), chol32)
-        xw = layer.mv(w)
-        z_old, v_old = z, v
-        z = _project(xw + u, target, active, radius)
-        point = w + s / c
-        threshold = shrink_scale / (rho * c2)
-        v = torch.sign(point) * (point.abs() - threshold).clamp_min(0.0) * keep
-        u += xw - z
-        s += c * (w - v)
-        # Residuals cost two extra products: checked every _CHECK_EVERY steps only.
-        if it % _CHECK_EVERY and it != max_iters:
-            continue
-        # Boyd et al. §3.3.1 stopping rule on the whole layer (Frobenius norms): a neuron that is
-        # active on a handful of samples has a tiny target and would dominate a per-neuron max.
-        r_primal = ((xw - z).pow(2).sum() + c2 * (w - v).pow(2).sum()).sqrt()
-        r_dual = (rho * (layer.tmv(z - z_old) + c2 * (v - v_old))).norm()
-        scale_p = torch.maximum(z.norm(), (c * v).norm()).clamp_min(1e-12)
-        scale_d = (rho * (layer.tmv(u) + c * s)).norm().clamp_min(1e-12)
-        primal = float(r_primal / scale_p)
-        if primal < tol and float(r_dual / scale_d) < tol:
-            break
-    state = NetTrimState(w, z, v, u, s, rho)
-    plain = layer.from_centred(v)
-    out_w = plain[:d_in].T.contiguous()
-    out_b = plain[d_in].clone() if use_bias else None
-    return NetTrimResult(out_w, out_b, state, it, primal)
+#: a probe within this fraction of the requested count ends the ε search (the final solve moves
+#: the count by a few per cent anyway: its other neurons start cold).
+_CLOSE = 0.03
+#: the largest factor between consecutive ε probes outside a bracket.
+_MAX_STEP = math.log(4.0)
+#: log-count per log-ε assumed before two probes give a slope (measured: -0.25 to -0.55).
+_DEFAULT_SLOPE = -0.4
 
 
 def nettrim_constraints(X: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor,
@@ -299,41 +121,121 @@ def least_squares_refit(X: torch.Tensor, outputs: torch.Tensor, mask: torch.Tens
     return weight, (out[:, d_in].to(torch.float32) if use_bias else None)
 
 
+def next_epsilon(probes: list[dict], target: float, epsilon_min: float, epsilon_max: float) -> float | None:
+    """The next ε of the search, or None when no probe can get closer.
+
+    Secant step on (log ε, log non-zeros) towards ``log target``: between the largest ε that
+    keeps at least ``target`` and the smallest that keeps fewer (kept inside the middle 80 % of
+    that bracket, so the search cannot stall at one end), else from the probe nearest the target
+    with the slope of the last two probes (or :data:`_DEFAULT_SLOPE`), at most ×4 per step and
+    within ``[epsilon_min, epsilon_max]``.
+
+    Args:
+        probes: ``{"epsilon", "nonzeros"}`` dicts so far (at least one).
+        target: requested non-zero count (of the neurons searched).
+        epsilon_min, epsilon_max: the search range.
+
+    Returns:
+        The next ε, or None when the request lies beyond ``epsilon_min`` / ``epsilon_max``.
+
+    Example:
+        >>> next_epsilon([{"epsilon": 0.1, "nonzeros": 200}], 100, 1e-3, 1.0)  # doctest: +ELLIPSIS
+        0.4...
+    """
+    log_t = math.log(max(target, 1.0))
+    points = sorted((math.log(p["epsilon"]), math.log(max(p["nonzeros"], 1))) for p in probes)
+    above = [pt for pt in points if pt[1] >= log_t]      # ε small enough: enough weights kept
+    below = [pt for pt in points if pt[1] < log_t]
+    if above and below:
+        (e0, n0), (e1, n1) = above[-1], below[0]
+        if e1 <= e0:                                     # ADMM noise: not monotone; bisect
+            return math.exp((e0 + e1) / 2)
+        t = (n0 - log_t) / (n0 - n1) if n0 > n1 else 0.5
+        return math.exp(e0 + min(max(t, 0.1), 0.9) * (e1 - e0))
+    last = (probes[-1]["epsilon"], probes[-1]["nonzeros"])
+    e, n = math.log(last[0]), math.log(max(last[1], 1))
+    slope = _DEFAULT_SLOPE
+    if len(probes) >= 2:
+        (ea, na), (eb, nb) = [(math.log(p["epsilon"]), math.log(max(p["nonzeros"], 1))) for p in probes[-2:]]
+        if eb != ea and (nb - na) / (eb - ea) < -0.05:
+            slope = (nb - na) / (eb - ea)
+    step = min(max((log_t - n) / slope, -_MAX_STEP), _MAX_STEP)
+    eps = min(max(math.exp(e + step), epsilon_min), epsilon_max)
+    if (above and last[0] >= epsilon_max) or (below and last[0] <= epsilon_min):
+        return None
+    return eps
+
+
+def _nonzeros(weight: torch.Tensor) -> int:
+    return int((weight != 0).sum())
+
+
+def _search(hp, layer: NetTrimLayer, problem: LayerProblem, rho: float, common: dict):
+    """Search ε on a random subset of the neurons (module docstring).
+
+    Returns:
+        ``(epsilon, subset, state, probes)``: the chosen ε, the searched neurons' indices, their
+        ADMM state at that ε, and the probes (ε, non-zeros of the subset, iterations).
+    """
+    outputs, mask = problem.data.outputs, problem.mask
+    d_out = outputs.shape[1]
+    if hp.search_neurons is None or hp.search_neurons >= d_out:
+        subset = torch.arange(d_out, device=outputs.device)
+    else:
+        g = torch.Generator().manual_seed(hp.seed)
+        subset = torch.randperm(d_out, generator=g)[: hp.search_neurons].sort().values.to(outputs.device)
+    sub_out = outputs[:, subset].contiguous()
+    sub_mask = mask[subset]
+    target = problem.n_keep * float(sub_mask.sum()) / max(float(mask.sum()), 1.0)
+    sub_bias = None if problem.bias is None else problem.bias[subset]
+    state = initial_state(layer, sub_out, hp.epsilon, problem.weight[subset], sub_bias, sub_mask, rho)
+    probes, best = [], None
+    eps = hp.epsilon
+    for step in range(hp.search_steps + 1):
+        # The first probe starts cold (from the trained weights) and gets twice the iterations.
+        probe = nettrim_solve(layer.X, sub_out, eps, state=state, mask=sub_mask,
+                              max_iters=hp.search_iters * (2 if step == 0 else 1), **common)
+        state = probe.state
+        nonzeros = _nonzeros(probe.weight)
+        probes.append({"epsilon": eps, "nonzeros": nonzeros, "iters": probe.iters})
+        close = abs(nonzeros - target) <= _CLOSE * target
+        # Keep a close probe, else the one closest above the request, else (none above) the densest.
+        better = (best is None or close
+                  or (nonzeros >= target and (best[1] < target or nonzeros <= best[1]))
+                  or (best[1] < target and nonzeros > best[1]))
+        if better:
+            best = (eps, nonzeros, probe.state)
+        if close:
+            break
+        eps = next_epsilon(probes, target, hp.epsilon_min, hp.epsilon_max)
+        if eps is None:
+            break
+    return best[0], subset, best[2], probes
+
+
 def _solve_layer(hp, problem: LayerProblem):
     X, outputs = problem.data.inputs, problem.data.outputs
     use_bias = problem.bias is not None
-    common = dict(use_bias=use_bias, mask=problem.mask, tol=hp.tol)
-    layer = _Layer(X, use_bias)
-    gram = layer.gram()
-    c2 = float(gram.diagonal().mean())
-    factor = (torch.linalg.cholesky(gram + c2 * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)), c2)
-    start = nettrim_solve(X, outputs, hp.epsilon, weight=problem.weight, bias=problem.bias,
-                          rho=hp.rho,
-                          max_iters=hp.search_iters if hp.search_steps else hp.max_iters,
-                          _factor=factor, **common)
-    probes = [{"epsilon": hp.epsilon, "nonzeros": int((start.weight != 0).sum())}]
-    best, best_eps = start, hp.epsilon
+    layer = NetTrimLayer(X, use_bias)
+    rho = hp.rho
+    if rho is None:
+        # ρ from the whole layer's trained weights, so the subset searched and the final solve share it.
+        rho = 1.0 / (layer.c2 * (float((problem.weight * problem.mask).abs().mean()) or 1.0))
+    common = dict(use_bias=use_bias, tol=hp.tol, alpha=hp.alpha, layer=layer)
+    probes, subset, sub_state = [], None, None
+    best_eps = hp.epsilon
+    started = time.perf_counter()
     if hp.search_steps:
-        lo, hi = math.log(hp.epsilon_min), math.log(hp.epsilon_max)
-        state = start.state
-        for _ in range(hp.search_steps):
-            eps = math.exp((lo + hi) / 2)
-            probe = nettrim_solve(X, outputs, eps, state=state, max_iters=hp.search_iters,
-                                  _factor=factor, **common)
-            nonzeros = int((probe.weight != 0).sum())
-            probes.append({"epsilon": eps, "nonzeros": nonzeros})
-            state = probe.state
-            if nonzeros >= problem.n_keep:
-                lo = math.log(eps)
-                if (int((best.weight != 0).sum()) < problem.n_keep
-                        or nonzeros <= int((best.weight != 0).sum())):
-                    best, best_eps = probe, eps
-            else:
-                hi = math.log(eps)
-        best = nettrim_solve(X, outputs, best_eps, state=best.state, max_iters=hp.max_iters,
-                             _factor=factor, **common)
+        best_eps, subset, sub_state, probes = _search(hp, layer, problem, rho, common)
+    search_s = time.perf_counter() - started
+    state = initial_state(layer, outputs, best_eps, problem.weight, problem.bias, problem.mask, rho)
+    if sub_state is not None:
+        state.set_columns(subset, sub_state)
+    best = nettrim_solve(X, outputs, best_eps, state=state, mask=problem.mask, max_iters=hp.max_iters, **common)
+    if not hp.search_steps:
+        probes = [{"epsilon": best_eps, "nonzeros": _nonzeros(best.weight), "iters": best.iters}]
     weight, bias = best.weight, best.bias
-    nonzeros = int((weight != 0).sum())
+    nonzeros = _nonzeros(weight)
     score = torch.where(weight != 0, weight.abs() + 1.0, 1.0 - 1.0 / (1.0 + problem.weight.abs()))
     mask = top_k_mask(score, problem.mask, problem.n_keep)
     weight = weight * mask
@@ -346,6 +248,7 @@ def _solve_layer(hp, problem: LayerProblem):
     info = {"epsilon": best_eps, "solution_nonzeros": nonzeros, "iters": best.iters,
             "primal_residual": best.primal, "fit_after_cut": layer_fit,
             "worst_neuron_fit_after_cut": float(fit.max()), "leak_after_cut": float(leak.max()),
+            "searched_neurons": None if subset is None else int(subset.numel()), "search_s": search_s,
             "probes": probes}
     return weight, bias, mask, info
 
@@ -356,28 +259,44 @@ class NetTrimHparams(LayerwiseHparams):
 
     Attributes:
         epsilon: relative fit tolerance ε (module docstring); the start of the search.
-        search_steps: bisection probes on log ε (0: no search, use ``epsilon``).
+        search_steps: at most this many ε probes after the first (0: no search, use ``epsilon``);
+            the search stops early once a probe is within 3 % of the request. Default 6 (was 8
+            bisection steps): the secant step on (log ε, log count) needs 1-4 probes on the MLP
+            784-1024-1024-10 layers.
         epsilon_min, epsilon_max: search bracket.
-        search_iters: ADMM iterations per probe (warm-started).
-        max_iters: ADMM iterations of the final solve.
+        search_iters: ADMM iterations per probe, warm-started (the first probe: twice as many).
+            Default 30 (was 50).
+        search_neurons: the search runs on this many neurons drawn at random (seeded); None or
+            at least the layer's width: every neuron (the former behaviour). Default 128: on the
+            MLP 784-1024-1024-10 a probe costs 1/8 of a full one, and the subset's count landed
+            within 1 % of the layer's final one at 90 %.
+        max_iters: ADMM iterations of the final solve (all neurons). Default 50 (was 300): it
+            dominates the cost (two ``N × d_in × d_out`` products per iteration); at 50 iterations
+            the relative primal residual is about 3e-3 and the pruned MLP 784-1024-1024-10 keeps
+            85.3 % test top-1 at 90 % (the dense model: 87.9 %). ``max_iters=300`` with a small
+            ``tol`` gives the converged program.
         tol: relative residual tolerance of ADMM.
-        rho: ADMM penalty; None = ``1 / (c² mean|w|)`` from the trained weights.
+        alpha: ADMM over-relaxation (Boyd et al. 2011, §3.4.3) in (0, 2); 1 = plain ADMM (the
+            former behaviour). Default 1.6: same solution, lower residual per iteration.
+        rho: ADMM penalty; None = ``1 / (c² mean|w|)`` from the layer's trained weights.
         refit: after the cut, refit the kept weights by least squares
             (:func:`least_squares_refit`; beyond the paper, off by default).
         layers: weight names to prune; None = every prunable layer but the last.
         include_last: with ``layers=None``, prune the last layer too.
         mode: ``"parallel"`` or ``"sequential"`` (Net-Trim's cascade) capture.
         max_samples: calibration rows used per layer (None: all).
-        seed: seeds the row subsample.
+        seed: seeds the row subsample and the neurons searched.
     """
 
     epsilon: float = 0.1
-    search_steps: int = 8
+    search_steps: int = 6
     epsilon_min: float = 1e-3
     epsilon_max: float = 1.0
-    search_iters: int = 50
-    max_iters: int = 300
+    search_iters: int = 30
+    search_neurons: int | None = 128
+    max_iters: int = 50
     tol: float = 1e-3
+    alpha: float = 1.6
     rho: float | None = None
     refit: bool = False
 
@@ -391,6 +310,10 @@ class NetTrimHparams(LayerwiseHparams):
             raise ConfigError(f"Net-Trim rho must be > 0 or None, got {self.rho}")
         if self.search_steps < 0 or self.search_iters < 1 or self.max_iters < 1:
             raise ConfigError("Net-Trim needs search_steps >= 0, search_iters >= 1, max_iters >= 1")
+        if self.search_neurons is not None and self.search_neurons < 1:
+            raise ConfigError(f"Net-Trim search_neurons must be >= 1 or None (every neuron), got {self.search_neurons}")
+        if not 0.0 < self.alpha < 2.0:
+            raise ConfigError(f"Net-Trim alpha (ADMM over-relaxation) must be in (0, 2), got {self.alpha}")
 
 
 @register("nettrim")
