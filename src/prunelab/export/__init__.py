@@ -4,7 +4,9 @@
 - :func:`to_sparse` returns a copy whose pruned Linear/Conv2d (and HuggingFace Conv1D) layers run
   on sparse kernels where that measures faster at the given batch size (:mod:`.modules`,
   :mod:`.native`); a layer its parent reads directly (``nn.MultiheadAttention``'s ``out_proj``)
-  stays dense, with the reason in ``sparse_report["left_dense"]``.
+  stays dense, with the reason in ``sparse_report["left_dense"]``. Runs of native sparse layers
+  in an ``nn.Sequential`` execute in one native call (:class:`SparseSequential`); BatchNorm is
+  folded and a following ReLU or residual add fused where the model traces with ``torch.fx``.
 - :func:`save_sparse` / :func:`load_sparse` store a model as compressed sparse tensors in
   safetensors with JSON metadata; :func:`storage_sizes` compares with dense and gzip.
 - :func:`export_onnx` writes the pruned model as ONNX; :func:`check_onnx` compares onnxruntime.
@@ -20,6 +22,7 @@ Example:
     >>> save_sparse("model.sparse.safetensors", model)
 """
 
+from prunelab.export.chain import SparseSequential
 from prunelab.export.convert import sparse_layers, to_sparse
 from prunelab.export.modules import SparseConv2d, SparseLinear
 from prunelab.export.onnx_export import check_onnx, export_onnx, onnxruntime_session
@@ -29,7 +32,7 @@ from prunelab.export.storage import load_sparse, save_sparse, storage_sizes
 from prunelab.export.timing import interleaved
 
 __all__ = [
-    "make_permanent", "plain_copy", "to_sparse", "sparse_layers", "SparseLinear", "SparseConv2d",
+    "make_permanent", "plain_copy", "to_sparse", "sparse_layers", "SparseLinear", "SparseConv2d", "SparseSequential",
     "save_sparse", "load_sparse", "storage_sizes", "export_onnx", "check_onnx", "onnxruntime_session",
     "interleaved", "to_semi_structured", "semi_structured_reason",
 ]

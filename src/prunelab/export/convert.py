@@ -9,6 +9,10 @@ passes ``linear1.weight``/``linear2.weight`` to its fused inference kernel, so t
 ``nn.Linear``; any other parent whose ``forward`` source mentions ``self.<child>.weight`` is
 treated the same way. If the converted model still fails on the example input, the dense copy
 is returned and the reason recorded, so converting never breaks a model.
+
+Besides the per-layer choice, two things cut what surrounds the kernels: BatchNorm folding and
+ReLU / residual-add fusion on the ``torch.fx`` graph (:mod:`.fusion`), and chains of native
+layers in an ``nn.Sequential`` run in one native call (:mod:`.chain`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from torch import nn
 from prunelab.core.prunable import is_hf_conv1d
 from prunelab.errors import ConfigError
 from prunelab.export import costmodel, native, timing
+from prunelab.export.chain import install_chains
 from prunelab.export.decide import Budget, decide_layer, verify_model
+from prunelab.export.fusion import fold_batchnorm, fuse_into_sparse
 from prunelab.export.modules import SparseConv2d, SparseLinear, conv_supported
 from prunelab.export.permanent import plain_copy
 
@@ -182,7 +188,7 @@ def _choose(fns: dict, warmup: int, reps: int, margin: float) -> tuple[str, dict
 def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None, *, policy: str = "auto",
               backends: tuple[str, ...] | None = None, input_shape=None, example_input: torch.Tensor | dict | None = None,
               warmup: int = 10, reps: int = 40, margin: float = 0.05, fuse: bool = True,
-              verify: bool = True, block: int = 0, time_budget: float = 5.0) -> nn.Module:
+              verify: bool = True, block: int = 0, time_budget: float = 5.0, chain: bool = True) -> nn.Module:
     """A copy of ``model`` in which each pruned Linear/Conv2d runs on a sparse kernel where that
     is faster than the dense layer at ``batch_size``; every other layer stays dense.
 
@@ -216,10 +222,20 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
             (at most, for ``"auto"``).
         margin: relative gain a sparse layer must show to be chosen.
         fuse: fold a following ``nn.ReLU`` (and, after a Conv2d, a non-overlapping ``nn.MaxPool2d``)
-            into the sparse layer; the folded modules become ``nn.Identity``.
+            into the sparse layer; the folded modules become ``nn.Identity``. Where the model
+            traces with ``torch.fx`` and has a ``Conv2d -> BatchNorm2d`` pair or a convolution
+            feeding a residual add (a ResNet block), the copy becomes a ``GraphModule`` (same
+            layer names) with each BatchNorm folded into its convolution and, after conversion,
+            a ReLU or residual add that alone follows a native sparse layer computed in its call
+            (:mod:`prunelab.export.fusion`; ``sparse_report["graph_fusion"]`` lists them).
         verify: time the whole model and fall back to dense if the sparse copy is not faster.
         block: samples per block of the native kernel (0: its default).
         time_budget: seconds ``"auto"`` may spend timing (uncertain layers, then the whole model).
+        chain: run each run of two or more native sparse layers in an ``nn.Sequential`` (with the
+            Identity/Flatten/Dropout between them) in one native call
+            (:class:`~prunelab.export.chain.SparseSequential`, which replaces that Sequential,
+            the root included; ``sparse_report["chains"]`` names them): batch-1 latency then
+            pays one Python and ``ctypes`` call per chain instead of one per layer.
 
     Returns:
         The converted copy, in eval mode, with ``model.sparse_report`` (dict): per layer its
@@ -242,11 +258,11 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
     # be an ordinary model whatever mode the caller is in.
     with torch.inference_mode(False):
         return _to_sparse(model, batch_size, threads, policy, backends, input_shape, example_input,
-                          warmup, reps, margin, fuse, verify, block, time_budget)
+                          warmup, reps, margin, fuse, verify, block, time_budget, chain)
 
 
 def _to_sparse(model, batch_size, threads, policy, backends, input_shape, example_input, warmup, reps,
-               margin, fuse, verify, block, time_budget) -> nn.Module:
+               margin, fuse, verify, block, time_budget, chain) -> nn.Module:
     started = time.perf_counter()
     if policy not in POLICIES:
         raise ConfigError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -259,12 +275,15 @@ def _to_sparse(model, batch_size, threads, policy, backends, input_shape, exampl
             raise ConfigError(f"the native sparse kernel is unavailable ({native.status()['reason']}); use backends=('torch',)")
     dense = plain_copy(model).eval()
     sparse = copy.deepcopy(dense)
+    folded: list[str] = []
+    if fuse and policy != "never":
+        sparse, folded = fold_batchnorm(sparse)
     fixed_threads = int(threads) if threads else None
     threads = fixed_threads or torch.get_num_threads()
     layers = _layers(sparse)
     structural: dict[str, str] = {}
     report = {"policy": policy, "batch_size": int(batch_size), "threads": threads, "backends": list(backends),
-              "native": native.status(), "layers": [], "reverted": False}
+              "native": native.status(), "layers": [], "reverted": False, "chains": {}}
     inputs = {}
     budget = Budget(time_budget)
     if policy in ("auto", "measure") and layers:
@@ -315,12 +334,17 @@ def _to_sparse(model, batch_size, threads, policy, backends, input_shape, exampl
                         setattr(layer["parent"], fused, nn.Identity())
                 entry["fused"] = [f for f, used in ((layer["relu"], relu), (layer["pool"], pool > 1)) if used]
             report["layers"].append(entry)
+        if isinstance(sparse, torch.fx.GraphModule):
+            report["graph_fusion"] = {"folded_batchnorm": folded, **fuse_into_sparse(sparse)}
+        if chain:
+            sparse, report["chains"] = install_chains(sparse)
         failure = _check_runs(sparse, report, batch_size, input_shape, example_input)
         if failure:
             report["reverted"], report["revert_reason"] = True, failure
             for e in report["layers"]:
                 e["choice"] = "dense"
-            sparse = dense
+            sparse, report["chains"] = dense, {}
+            report.pop("graph_fusion", None)
             warnings.warn(f"to_sparse: {failure}; returning the dense copy", stacklevel=3)
         if policy in ("auto", "measure") and verify and any(e["choice"] != "dense" for e in report["layers"]):
             example = _example(sparse, batch_size, input_shape, example_input)
@@ -342,7 +366,8 @@ def _to_sparse(model, batch_size, threads, policy, backends, input_shape, exampl
                 report["reverted"] = True
                 for e in report["layers"]:
                     e["choice"] = "dense"
-                sparse = dense
+                sparse, report["chains"] = dense, {}
+                report.pop("graph_fusion", None)
     report["left_dense"] = {e["name"]: _dense_reason(e, report) for e in report["layers"] if e["choice"] == "dense"}
     if structural:
         warnings.warn("to_sparse left layers dense: " + "; ".join(f"{n}: {r}" for n, r in structural.items()),

@@ -97,8 +97,13 @@ class _CSRLayer(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self.out_channels, self.fan_in = w2.shape[0], w2.shape[1] * groups
 
+    #: Bumped whenever any layer drops its descriptors: a chain holding descriptors checks its
+    #: layers again only when this changed (one comparison per call on the hot path).
+    generation = 0
+
     def _reset(self) -> None:
         # native descriptors hold raw pointers to the buffers; _fast is (kernel, descriptor address)
+        _CSRLayer.generation += 1
         self._descriptors: dict = {}
         self._csr = None
         self._fast = None
@@ -143,6 +148,13 @@ class _CSRLayer(nn.Module):
         fields = fields + [ptr(self.crow), ptr(taps), ptr(self.values), ptr(self.bias),
                            int(self.relu), self.block, pool, int(ceil)]
         return torch.tensor(fields, dtype=torch.int64)
+
+    def chain_step(self, sample_shape: tuple) -> tuple[torch.Tensor, tuple] | None:
+        """This layer as one step of a native chain for inputs of ``sample_shape`` (one sample):
+        ``(descriptor, output sample shape)``, or ``None`` when the native kernel cannot run it
+        (another backend, a shape it does not accept). The descriptor holds raw pointers into
+        this layer's buffers: valid until they move (``_apply`` makes a new ``_descriptors``)."""
+        raise NotImplementedError
 
     def _run_native(self, descriptor: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         lib = native.get() or native.load()
@@ -194,6 +206,15 @@ class SparseLinear(_CSRLayer):
                 raise MemoryError("native sparse kernel: out of memory for its work buffers")
             return y
         return self._forward(x)
+
+    def chain_step(self, sample_shape: tuple) -> tuple[torch.Tensor, tuple] | None:
+        if self.backend != "native" or tuple(sample_shape) != (self.in_features,):
+            return None
+        descriptor = self._descriptors.get(None)
+        if descriptor is None:
+            fields = [self.in_features, 1, 1, self.out_features, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
+            descriptor = self._descriptors[None] = self._descriptor(fields, self.col)
+        return descriptor, (self.out_features,)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -277,7 +298,21 @@ class SparseConv2d(_CSRLayer):
                   self.pads[0], self.pads[2], dh, dw]
         return self._descriptor(fields, taps, self.pool, self.pool_ceil), taps, ho, wo
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def chain_step(self, sample_shape: tuple) -> tuple[torch.Tensor, tuple] | None:
+        if self.backend != "native" or len(sample_shape) != 3 or sample_shape[0] != self.in_channels:
+            return None
+        h, w = int(sample_shape[1]), int(sample_shape[2])
+        ho, wo = self._out_size(h, w)
+        if self._pooled(ho) < 1 or self._pooled(wo) < 1:
+            return None
+        entry = self._descriptors.get((h, w))
+        if entry is None:
+            entry = self._descriptors[(h, w)] = self._native_descriptor(h, w)
+        return None if entry is None else (entry[0], (self.out_channels, self._pooled(ho), self._pooled(wo)))
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if residual is not None:   # a fused residual add (to_sparse's graph fusion): conv(x) + residual
+            return self._forward_add(x, residual)
         fast = self._fast   # (kernel, descriptor address, H, W, output H, output W) of the last size
         if (fast is not None and x.dim() == 4 and x.shape[1] == self.in_channels and x.shape[2] == fast[2]
                 and x.shape[3] == fast[3] and x.dtype == torch.float32 and x.is_cpu and not x.requires_grad):
@@ -287,6 +322,21 @@ class SparseConv2d(_CSRLayer):
                 raise MemoryError("native sparse kernel: out of memory for its work buffers")
             return y
         return self._forward(x)
+
+    def _forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        fast = self._fast
+        if (fast is not None and isinstance(residual, torch.Tensor) and x.dim() == 4 and x.shape[1] == self.in_channels and x.shape[2] == fast[2]
+                and x.shape[3] == fast[3] and x.dtype == torch.float32 and x.is_cpu and not x.requires_grad
+                and residual.dtype == torch.float32 and residual.is_cpu and not residual.requires_grad
+                and residual.shape == (x.shape[0], self.out_channels, fast[4], fast[5])):
+            x, residual = x.contiguous(), residual.contiguous()
+            y = x.new_empty(x.shape[0], self.out_channels, fast[4], fast[5])
+            lib = native.get() or native.load()
+            if lib.pl_sparse_forward_add(fast[1], x.shape[0], x.data_ptr(), y.data_ptr(),
+                                         self.threads or torch.get_num_threads(), residual.data_ptr()):
+                raise MemoryError("native sparse kernel: out of memory for its work buffers")
+            return y
+        return self.forward(x) + residual
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -158,6 +158,12 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.pl_sparse_forward.restype = ctypes.c_int
     lib.pl_sparse_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.pl_chain_forward.restype = ctypes.c_int
+    lib.pl_chain_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                     ctypes.c_int64, ctypes.c_int64]
+    lib.pl_sparse_forward_add.restype = ctypes.c_int
+    lib.pl_sparse_forward_add.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                          ctypes.c_int64, ctypes.c_void_p]
     lib.pl_descriptor_length.restype = ctypes.c_int
     lib.pl_openmp.restype = ctypes.c_int
     if lib.pl_descriptor_length() != len(DESCRIPTOR_FIELDS):
@@ -169,7 +175,10 @@ def load() -> ctypes.CDLL | None:
     """The native kernel library, building it on first use; ``None`` when it cannot be had.
 
     Returns:
-        A ``ctypes.CDLL`` exposing ``pl_sparse_forward(descriptor, batch, x, y, threads)``, or ``None``
+        A ``ctypes.CDLL`` exposing ``pl_sparse_forward(descriptor, batch, x, y, threads)`` and
+        ``pl_chain_forward(steps, n, batch, x, y, threads, max_elems)`` (``n`` layers in one call,
+        ``steps`` their descriptors' addresses) and ``pl_sparse_forward_add(descriptor, batch, x,
+        y, threads, residual)`` (``y = layer(x) + residual``), or ``None``
         (no compiler, failed build, non-x86/ARM oddities, or ``PRUNELAB_NATIVE=0``); the reason
         is in :func:`status`.
     """

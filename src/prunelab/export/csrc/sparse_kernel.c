@@ -83,8 +83,38 @@ static void tile_any(int nv, const float* in, int64_t nb, const int32_t* tap, co
   }
 }
 
-/* one sample, one output pixel (a Linear layer at batch 1): a sparse dot product per channel */
+/* one sample, one output pixel (a Linear layer at batch 1): a sparse dot product per channel.
+   With AVX2, 8 non-zeros at a time through a gather (about twice the scalar rate: the loop is
+   bound by load issue, not bandwidth), the row's tail through a masked gather. */
 static void dot_rows(const layer_t* L, const float* in, int64_t o0, int64_t o1, float* out) {
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t o = o0; o < o1; ++o) {
+    const int32_t* tap = L->taps + L->rowptr[o];
+    const float* v = L->val + L->rowptr[o];
+    const int64_t n = L->rowptr[o + 1] - L->rowptr[o];
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    int64_t p = 0;
+    for (; p + 16 <= n; p += 16) {
+      a = _mm256_fmadd_ps(_mm256_loadu_ps(v + p), _mm256_i32gather_ps(in, _mm256_loadu_si256((const __m256i*)(tap + p)), 4), a);
+      b = _mm256_fmadd_ps(_mm256_loadu_ps(v + p + 8), _mm256_i32gather_ps(in, _mm256_loadu_si256((const __m256i*)(tap + p + 8)), 4), b);
+    }
+    for (; p + 8 <= n; p += 8)
+      a = _mm256_fmadd_ps(_mm256_loadu_ps(v + p), _mm256_i32gather_ps(in, _mm256_loadu_si256((const __m256i*)(tap + p)), 4), a);
+    if (p < n) {   /* masked lanes are neither loaded nor gathered: no read past the row */
+      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - p)), lane);
+      const __m256i t = _mm256_maskload_epi32(tap + p, m);
+      const __m256 g = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), in, t, _mm256_castsi256_ps(m), 4);
+      b = _mm256_fmadd_ps(_mm256_maskload_ps(v + p, m), g, b);
+    }
+    a = _mm256_add_ps(a, b);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    const float r = _mm_cvtss_f32(s) + (L->bias ? L->bias[o] : 0.f);
+    out[o] = L->relu && r < 0.f ? 0.f : r;
+  }
+#else
   for (int64_t o = o0; o < o1; ++o) {
     const int32_t* tap = L->taps + L->rowptr[o];
     const float* v = L->val + L->rowptr[o];
@@ -99,6 +129,7 @@ static void dot_rows(const layer_t* L, const float* in, int64_t o0, int64_t o1, 
     a0 = (a0 + a1) + (a2 + a3);
     out[o] = L->relu && a0 < 0.f ? 0.f : a0;
   }
+#endif
 }
 
 /* How one block of nb samples is cut into tiles. Row mode: every output row holds Wo * nb lanes
@@ -272,4 +303,40 @@ int pl_sparse_forward(const int64_t* d, int64_t batch, const float* x, float* y,
   }
   free(buf);
   return status;
+}
+
+/* A chain of layers in one call (batch-1 latency is otherwise Python and ctypes overhead):
+   steps[i] is the address of layer i's descriptor; layer i reads layer i-1's output (a
+   Flatten between them is free: the memory is the same). Intermediates alternate between two
+   buffers of batch * max_elems floats. Returns 0 on success, 1 when out of memory. */
+int pl_chain_forward(const int64_t* steps, int64_t nsteps, int64_t batch, const float* x, float* y,
+                     int64_t nthreads, int64_t max_elems) {
+  if (nsteps <= 0 || batch <= 0) return 0;
+  /* both buffers start on a cache line, as PyTorch's tensors do: split vector loads across
+     lines measured about 10 % slower at batch 64 */
+  const int64_t stride = (batch * max_elems + SLACK + 15) & ~(int64_t)15;
+  void* mem = NULL;
+  if (nsteps > 1 && posix_memalign(&mem, 64, sizeof(float) * (size_t)(2 * stride))) return 1;
+  float* buf = (float*)mem;
+  const float* in = x;
+  int status = 0;
+  for (int64_t i = 0; i < nsteps && !status; ++i) {
+    float* out = i == nsteps - 1 ? y : buf + (i % 2) * stride;
+    status = pl_sparse_forward((const int64_t*)(intptr_t)steps[i], batch, in, out, nthreads);
+    in = out;
+  }
+  free(buf);
+  return status;
+}
+
+/* y = layer(x) + res (res shaped as y): the residual add of a ResNet block, in the call that
+   computes the convolution instead of one more PyTorch operation. */
+int pl_sparse_forward_add(const int64_t* d, int64_t batch, const float* x, float* y, int64_t nthreads,
+                          const float* res) {
+  const int status = pl_sparse_forward(d, batch, x, y, nthreads);
+  if (status) return status;
+  const layer_t L = layer_of(d);
+  const int64_t n = batch * out_per_sample(&L);
+  for (int64_t i = 0; i < n; ++i) y[i] += res[i];
+  return 0;
 }

@@ -94,27 +94,35 @@ static void pack(const layer_t* L, const float* x, int64_t nb, float* xp, float*
     transpose2d(x, nb, chw, chw, xp, nb);
   } else {
     memset(xp, 0, sizeof(float) * total);
+    /* phases no weight reads (a 1x1 stride-2 shortcut reads only phase (0, 0)) stay zero */
+    uint64_t rows_read = 0, cols_read = 0;
+    for (int64_t i = 0; i < L->KH; ++i) rows_read |= L->sh > 64 ? ~(uint64_t)0 : (uint64_t)1 << ((i * L->dh) % L->sh);
+    for (int64_t j = 0; j < L->KW; ++j) cols_read |= L->sw > 64 ? ~(uint64_t)0 : (uint64_t)1 << ((j * L->dw) % L->sw);
     const int64_t w_hi = L->W < L->Wp - L->pl ? L->W : L->Wp - L->pl;
     for (int64_t c = 0; c < L->C && w_hi > 0; ++c)
       for (int64_t h = 0; h < L->H; ++h) {
         const int64_t hp = h + L->pt;
         if (hp >= L->Hp) break;
+        if (L->sh <= 64 && !((rows_read >> (hp % L->sh)) & 1)) continue;
         const float* src = x + (c * L->H + h) * L->W;
         float* plane = xp + ((c * L->sh + hp % L->sh) * L->sw * L->Hq + hp / L->sh) * L->Wq * nb;
         if (L->sw == 1) {
           transpose2d(src, nb, w_hi, chw, plane + L->pl * nb, nb);
-        } else if (nb == 1) {
-          for (int64_t w = 0; w < w_hi; ++w) {
-            const int64_t wp = w + L->pl;
-            plane[(wp % L->sw) * L->Hq * L->Wq + wp / L->sw] = src[w];
-          }
-        } else {   /* a row at a time, then each pixel's nb values to its phase */
+          continue;
+        }
+        const float* row = src;
+        int64_t ld = 1;
+        if (nb > 1) {   /* a row at a time, then each pixel's nb values to its phase */
           transpose2d(src, nb, w_hi, chw, tmp, nb);
-          for (int64_t w = 0; w < w_hi; ++w) {
-            const int64_t wp = w + L->pl;
-            float* dst = plane + ((wp % L->sw) * L->Hq * L->Wq + wp / L->sw) * nb;
-            for (int64_t b = 0; b < nb; ++b) dst[b] = tmp[w * nb + b];
-          }
+          row = tmp; ld = nb;
+        }
+        /* phase by phase: no division per pixel */
+        for (int64_t px = 0; px < L->sw; ++px) {
+          if (L->sw <= 64 && !((cols_read >> px) & 1)) continue;
+          int64_t w = ((px - L->pl) % L->sw + L->sw) % L->sw;   /* first w with (w + pl) % sw == px */
+          float* dst = plane + (px * L->Hq * L->Wq + (w + L->pl) / L->sw) * nb;
+          for (; w < w_hi; w += L->sw, dst += nb)
+            for (int64_t b = 0; b < nb; ++b) dst[b] = row[w * ld + b];
         }
       }
   }
