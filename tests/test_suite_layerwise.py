@@ -57,7 +57,7 @@ def test_registered_suite_has_every_method_target_and_pattern_run():
     assert {s.dense["epochs"] for s in mlp} == {5} and {s.dense["optimizer"] for s in mlp} == {"adam"}
     assert {s.dense["epochs"] for s in specs if s.model == "fc"} == {30}
     nettrim = {s.model: s.hparams for s in specs if s.method == "nettrim"}
-    assert nettrim["fc"] == nettrim["mlp"] == {} and nettrim["lenet5"]["search_steps"] == 3
+    assert nettrim["fc"] == nettrim["mlp"] == {} and nettrim["lenet5"] == {"max_samples": 2000}
     assert "4096" in suite.description and callable(suite.report)
     assert get_suite("layerwise", "digits").specs[0].dataset == "digits"
 

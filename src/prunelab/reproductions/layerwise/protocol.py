@@ -71,11 +71,9 @@ MODELS = (
     ModelPlan("fc", dict(_FC.dense), retrain_epochs=RETRAIN_EPOCHS, calib_size=CALIB_SIZE,
               note="fc 784-100-100-10: the pitas recipe (30 Adam epochs)"),
     ModelPlan("lenet5", dict(_LENET5.dense), retrain_epochs=RETRAIN_EPOCHS, calib_size=CALIB_SIZE,
-              overrides={"feta": {"max_samples": 10000}, "nettrim": {"max_samples": 2000, "search_steps": 3,
-                                                                     "max_iters": 100}},
+              overrides={"feta": {"max_samples": 10000}, "nettrim": {"max_samples": 2000}},
               note="lenet5: 10 dense epochs; the convolutions give 576 / 64 rows per image, so FeTa is fitted on "
-                   "at most 10,000 rows per layer and Net-Trim on 2,000 with 3 search steps and 100 ADMM iterations "
-                   "(defaults 8 and 300)"),
+                   "at most 10,000 rows per layer and Net-Trim on 2,000"),
     ModelPlan("mlp", {**_FC.dense, "epochs": 5}, retrain_epochs=RETRAIN_EPOCHS, calib_size=CALIB_SIZE,
               kwargs={"hidden": [1024, 1024]}, note="mlp 784-1024-1024-10: 5 Adam epochs of the same recipe"),
 )
