@@ -61,7 +61,8 @@ def _mlp_and_data():
 
 def test_method_reaches_exact_sparsity_and_reports_constraints():
     model, calib = _mlp_and_data()
-    method = prunelab.methods.create("nettrim", search_steps=4, search_iters=30, max_iters=100)
+    method = prunelab.methods.create("nettrim", search_steps=4, search_iters=30, max_iters=100,
+                                    epsilon_max=1.0)
     masks = method.prune(model, None, 0.75, calib)
     assert int(masks["0.weight"].sum()) == 80 and int(masks["2.weight"].sum()) == 32
     assert bool(masks["4.weight"].all())
@@ -163,3 +164,11 @@ def test_new_hparams_are_checked():
     X = torch.randn(50, 4)
     with pytest.raises(ConfigError, match="alpha"):
         nettrim_solve(X, X @ torch.randn(3, 4).T, 0.1, alpha=0.0)
+
+
+def test_default_search_never_probes_beyond_epsilon_max():
+    model, calib = _mlp_and_data()
+    method = prunelab.methods.create("nettrim")
+    method.prune(model, None, 0.95, calib)
+    probes = [p["epsilon"] for info in method.last_info for p in info["probes"]]
+    assert max(probes) == pytest.approx(0.3) and all(e <= 0.3 + 1e-12 for e in probes)

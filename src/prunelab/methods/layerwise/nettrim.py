@@ -263,7 +263,14 @@ class NetTrimHparams(LayerwiseHparams):
             the search stops early once a probe is within 3 % of the request. Default 6 (was 8
             bisection steps): the secant step on (log ε, log count) needs 1-4 probes on the MLP
             784-1024-1024-10 layers.
-        epsilon_min, epsilon_max: search bracket.
+        epsilon_min, epsilon_max: search bracket. ``epsilon_max`` default 0.3 (was 1.0): at a
+            high target the largest ε whose solution still keeps ``n_keep`` weights can reach
+            ~1, where a neuron may lose almost all of its output (ε = 1 makes zero weights
+            feasible); the cut then keeps a badly fitting support. Capping ε at 0.3 keeps a
+            denser, better-fitting solution for the magnitude cut. Measured without retraining:
+            LeNet-300-100 at 96.9 % 15.4 → 77.7 %, FC 784-100-100-10 at 90 % 78.9 → 81.9 %,
+            LeNet-5 at 90 % 10.0 → 65.0 %, MLP 784-1024-1024-10 at 90 % 85.3 → 86.4 %
+            (Fashion-MNIST, 1,024 calibration images).
         search_iters: ADMM iterations per probe, warm-started (the first probe: twice as many).
             Default 30 (was 50).
         search_neurons: the search runs on this many neurons drawn at random (seeded); None or
@@ -291,7 +298,7 @@ class NetTrimHparams(LayerwiseHparams):
     epsilon: float = 0.1
     search_steps: int = 6
     epsilon_min: float = 1e-3
-    epsilon_max: float = 1.0
+    epsilon_max: float = 0.3
     search_iters: int = 30
     search_neurons: int | None = 128
     max_iters: int = 50
