@@ -14,7 +14,8 @@ skipped and the estimate recorded.
 Configurations: ``hard-threshold``; ``feta`` (default: τ search + cut + polish) and
 ``feta-fixed-tau`` (one solve at the τ the search found: the cost of the paper's protocol for one
 τ); ``nettrim`` (default: ε search + final ADMM) and ``nettrim-fixed-eps`` (one ADMM run at
-ε = 0.3, no search); ``lobs`` (sequential exact OBS) and ``lobs-oneshot``.
+ε = 0.3, no search); ``lobs`` (the default hybrid update), ``lobs-sequential`` (exact greedy OBS)
+and ``lobs-oneshot``; ``sparsegpt`` and ``wanda``.
 
 Usage: python benchmarks/bench_layerwise.py [--n 5000] [--d-out 100] [--sizes 256 1024 4096]
        [--methods ...] [--sparsity 0.9] [--budget 600]
@@ -41,7 +42,10 @@ CONFIGS = {
     "nettrim": ("nettrim", {}, 1),
     "nettrim-fixed-eps": ("nettrim", {"search_steps": 0, "epsilon": 0.3}, 1),
     "lobs": ("lobs", {}, 3),
+    "lobs-sequential": ("lobs", {"update": "sequential"}, 3),
     "lobs-oneshot": ("lobs", {"update": "oneshot"}, 3),
+    "sparsegpt": ("sparsegpt", {}, 3),
+    "wanda": ("wanda", {}, 1),
 }
 
 

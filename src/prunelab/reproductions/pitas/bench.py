@@ -9,7 +9,9 @@ __all__ = ["BENCH_NAMES", "find_bench_json", "bench_times"]
 #: display names of the benchmark's configurations.
 BENCH_NAMES = {"hard-threshold": "hard thresholding", "feta": "FeTa (τ search + polish)",
                "feta-fixed-tau": "FeTa (one τ)", "nettrim": "Net-Trim (ε search)",
-               "nettrim-fixed-eps": "Net-Trim (one ε)", "lobs": "L-OBS (sequential)", "lobs-oneshot": "L-OBS (one-shot)"}
+               "nettrim-fixed-eps": "Net-Trim (one ε)", "lobs": "L-OBS (hybrid, default)",
+               "lobs-sequential": "L-OBS (exact sequential)", "lobs-oneshot": "L-OBS (one-shot)",
+               "sparsegpt": "SparseGPT", "wanda": "Wanda"}
 
 
 def find_bench_json(outdir=None, path=None) -> Path | None:
