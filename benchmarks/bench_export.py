@@ -313,6 +313,17 @@ def networks_suite(args, log) -> dict:
     return out
 
 
+def _emit(result: dict, out: str | None) -> int:
+    """Stamp the end load average, print the JSON, and write it to ``out`` when given."""
+    result["setup"]["load_average_1_5_15_end"] = [round(v, 2) for v in os.getloadavg()]
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", choices=("lenet", "networks"), default="lenet")
@@ -350,13 +361,7 @@ def main(argv=None) -> int:
                             "cpu_count": os.cpu_count(), "native_kernel": native.status(),
                             "load_average_1_5_15_start": [round(v, 2) for v in os.getloadavg()]},
                   "results": networks_suite(args, log)}
-        result["setup"]["load_average_1_5_15_end"] = [round(v, 2) for v in os.getloadavg()]
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(text)
-        return 0
+        return _emit(result, args.out)
     args.models = args.models or "lenet-300-100,lenet5"
     sparsities = [float(s) for s in args.sparsities.split(",")]
     batches = [int(b) for b in args.batch_sizes.split(",")]
@@ -411,13 +416,7 @@ def main(argv=None) -> int:
         "speedups": {f"{n} s={s} batch {r['batch']}": r["speedup_vs_torch_dense"]["prunelab_sparse"] for n, s, r in points},
         "max_abs_diff": max(r["max_abs_diff_sparse_vs_dense"] for _, _, r in points),
     }
-    result["setup"]["load_average_1_5_15_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    return 0
+    return _emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,10 @@ from prunelab import models
 from prunelab.core.masks import Masks
 from prunelab.errors import ConfigError
 from prunelab.export import make_permanent, native, sparse_layers, to_sparse
+from test_export import _global_magnitude  # the same masks as test_export's
 
 BACKENDS = ["torch"] + (["native"] if native.load() is not None else [])
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-def _global_magnitude(model: nn.Module, sparsity: float) -> Masks:
-    weights = {n: m.weight for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-    scores = torch.cat([w.detach().abs().flatten() for w in weights.values()])
-    k = round(sparsity * scores.numel())
-    threshold = scores.kthvalue(k).values if k else -1.0
-    return Masks({f"{n}.weight": w.detach().abs() > threshold for n, w in weights.items()})
 
 
 def test_native_status_agrees_with_load():
