@@ -13,8 +13,9 @@ Two measurements, each run in a fresh subprocess so its peak memory is its own:
   inputs): SparseGPT and Wanda at 50 %, wall seconds and peak memory.
 
 Timings are wall-clock on this machine with ``--threads`` torch threads (2: the acceptance
-setting). Peak memory: ``VmHWM`` of the subprocess minus its resident size before the call (the
-model, the data and the interpreter are excluded).
+setting). Peak memory: :class:`prunelab.utils.memory.PeakMemory` around the call (the
+process's peak resident memory above what it held before: the model, the data and the
+interpreter are excluded).
 
 Usage: python benchmarks/bench_layerwise_scale.py [--checkpoint MLP.safetensors] [--rows 4096]
        [--targets 0.5 2:4 0.9] [--methods lobs nettrim feta sparsegpt wanda magnitude]
@@ -35,12 +36,9 @@ import time
 PATTERN_METHODS = {"magnitude", "lobs", "sparsegpt", "wanda"}
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+def _mib(peak) -> float | None:
+    """A :class:`~prunelab.utils.memory.PeakMemory` reading in MiB (None where unmeasurable)."""
+    return None if peak.peak_bytes is None else round(peak.peak_bytes / 2**20, 1)
 
 
 def _hidden_layers(model) -> list[str]:
@@ -53,6 +51,7 @@ def _one_mlp(args) -> dict:
     import torch
     import prunelab
     from prunelab.core.checkpoints import load_checkpoint
+    from prunelab.utils.memory import PeakMemory
     from prunelab.data import load
 
     torch.set_num_threads(args.threads)
@@ -74,16 +73,15 @@ def _one_mlp(args) -> dict:
         call = dict(masks=prunelab.Masks.ones(model, exclude=(last,)))
     else:
         call = dict(calib=calib)
-    rss0 = _status_kib("VmRSS")
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = prunelab.prune(model, args.method, sparsity=sparsity, **call, **hparams)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    peak = max(0, _status_kib("VmHWM") - rss0)
+    with PeakMemory("cpu") as peak:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = prunelab.prune(model, args.method, sparsity=sparsity, **call, **hparams)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     acc = prunelab.evaluate(model, ds.test)
     kept = {n: int(result[n].sum()) for n in layers}
     total = {n: int(result[n].numel()) for n in layers}
     return {"method": args.method, "target": target, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "peak_extra_mib": round(peak / 1024, 1),
+            "peak_extra_mib": _mib(peak),
             "test_top1": round(100 * acc["top1"], 2) if acc.get("top1", 0) <= 1 else acc["top1"],
             "hidden_sparsity": round(1 - sum(kept.values()) / sum(total.values()), 4)}
 
@@ -92,6 +90,7 @@ def _one_linear(args) -> dict:
     import torch
     from torch import nn
     import prunelab
+    from prunelab.utils.memory import PeakMemory
 
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -101,13 +100,12 @@ def _one_linear(args) -> dict:
     layer = nn.Linear(d, d)
     model = nn.Sequential(layer, nn.ReLU(), nn.Linear(d, 10))
     del mix
-    rss0 = _status_kib("VmRSS")
-    wall, cpu = time.perf_counter(), time.process_time()
-    masks = prunelab.prune(model, args.method, sparsity=0.5, calib=x, layers=("0.weight",))
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    peak = max(0, _status_kib("VmHWM") - rss0)
+    with PeakMemory("cpu") as peak:
+        wall, cpu = time.perf_counter(), time.process_time()
+        masks = prunelab.prune(model, args.method, sparsity=0.5, calib=x, layers=("0.weight",))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"method": args.method, "layer": "Linear(4096, 4096)", "rows": args.linear_rows,
-            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_extra_mib": round(peak / 1024, 1),
+            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_extra_mib": _mib(peak),
             "kept": int(masks["0.weight"].sum()), "total": int(masks["0.weight"].numel())}
 
 
