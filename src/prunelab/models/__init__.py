@@ -17,6 +17,8 @@ are computed from a dry forward pass, never hard-coded); ``registry.list()`` nam
 - ``mobilenetv2``, ``efficientnet-b0``, ``mixnet-s`` (SAP init): mobile networks of inverted
   residual blocks with depthwise (MixNet: mixed-kernel) convs, strides adapted to 28×28 / 32×32
   inputs, ``width`` and ``depth`` multipliers (:mod:`prunelab.models.mobile`).
+- ``gpt`` (GPT-2 init): a small pre-LayerNorm decoder-only transformer language model for the
+  ``text`` data set, ``in_shape=(context,)``, ``num_classes`` = vocabulary (:mod:`prunelab.models.gpt`).
 
 "SAP" init is the PQ Index code's ``init_param``: conv weights kaiming-normal (fan_out, ReLU),
 conv and Linear biases 0, Linear weights left at the PyTorch default, BN γ=1, β=0. "PyTorch"
@@ -43,7 +45,7 @@ from __future__ import annotations
 from prunelab.core import checkpoints as _checkpoints
 from prunelab.models.factory import create, defaults, from_config, get, register, registry
 from prunelab.models.layers import Network, max_norm_
-from prunelab.models import mlp as _mlp, cnn as _cnn, mobile as _mobile  # noqa: F401  (register their models)
+from prunelab.models import mlp as _mlp, cnn as _cnn, mobile as _mobile, gpt as _gpt  # noqa: F401  (register their models)
 from prunelab.models.resnet import PreActResNet, WideResNet
 
 _checkpoints.set_model_builder(from_config)

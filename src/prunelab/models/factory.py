@@ -130,8 +130,10 @@ def create(name: str, in_shape, num_classes: int, **kwargs) -> nn.Module:
                              "use a smaller model (fewer or narrower layers)") from err
         raise ModelError(f"model {key!r} could not be built with {plain_json(options)}: {reason}") from err
     out = dry_forward(model, shape, f"model {key!r}")
-    if tuple(out.shape) != (1, classes):  # a bug in a factory, not in the user's input
-        raise ModelError(f"model {key!r} returned shape {tuple(out.shape)}, expected (1, {classes})")
+    # Sequence models (a language model: (context,) in, logits per position out) end in classes too.
+    expected = (1, classes) if len(shape) != 1 or tuple(out.shape) == (1, classes) else (1, shape[0], classes)
+    if tuple(out.shape) != expected:  # a bug in a factory, not in the user's input
+        raise ModelError(f"model {key!r} returned shape {tuple(out.shape)}, expected {expected}")
     model.prunelab_config = {
         "name": key,
         "kwargs": plain_json(options),
