@@ -11,6 +11,7 @@ unmasked weights at three scopes: ``neuron`` (one value per output unit, i.e. pe
 weight reshaped to ``(out, -1)``), ``layer`` (one per weight tensor) and ``global`` (all prunable
 weights together), over the grid p ∈ {0.1, …, 1.0} × q ∈ {1.0, …, 2.0}. A neuron of a grouped
 conv (our choice) is one output channel: in a depthwise conv its own k×k filter (9 weights for 3×3).
+A HuggingFace ``Conv1D`` weight is stored ``(in, out)``: its neurons are its columns (given a model).
 
 Edge cases (documented choices):
     * d = 0 (everything masked): I = 0, as in the paper's code.
@@ -41,6 +42,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from prunelab.core.prunable import input_first_weights
 from prunelab.errors import ConfigError, MaskError
 
 __all__ = [
@@ -200,10 +202,8 @@ def _sums_rows(w: torch.Tensor, mask: torch.Tensor | None, exps: Sequence[float]
     mask = _as_mask(mask, w)
     w2 = w.reshape(w.shape[0], -1) if w.dim() else w.reshape(1, 1)
     m2 = None if mask is None else mask.reshape(w2.shape)
-    if m2 is None:
-        d = torch.full((w2.shape[0],), w2.shape[1], dtype=torch.float64)
-    else:
-        d = torch.count_nonzero(m2, dim=1).to(torch.float64).cpu()
+    d = (torch.full((w2.shape[0],), w2.shape[1], dtype=torch.float64) if m2 is None
+         else torch.count_nonzero(m2, dim=1).to(torch.float64).cpu())
     sums = _power_sums_2d(w2, m2, exps)
     if bool(_out_of_range(sums, _work_dtype(w2)).any()):
         a = w2.abs() if m2 is None else w2.abs() * m2
@@ -214,10 +214,8 @@ def _sums_rows(w: torch.Tensor, mask: torch.Tensor | None, exps: Sequence[float]
 
 def _sums_flat(pairs: Sequence[tuple[torch.Tensor, torch.Tensor | None]], exps: Sequence[float]):
     """Power sums over all unmasked entries of several (weight, mask) pairs, and d (their count)."""
-    pairs = [(_as_float(w), m) for w, m in pairs]
-    pairs = [(w, _as_mask(m, w)) for w, m in pairs]
-    d = 0
-    flat = []
+    pairs = [(w, _as_mask(m, w)) for w, m in ((_as_float(w), m) for w, m in pairs)]
+    d, flat = 0, []
     for w, mask in pairs:
         kept = w.numel() if mask is None else int(torch.count_nonzero(mask))
         d += kept
@@ -401,13 +399,15 @@ def _model_sums(model, masks, scope, exps):
     if scope == "global":
         sums, d = _sums_flat([(w, m) for _, w, m in items], exps)
         return {"global": (sums, d)}
-    out = {}
-    for name, w, m in items:
-        if scope == "layer":
-            out[name] = _sums_flat([(w, m)], exps)
-        else:
-            out[name] = _sums_rows(w, m, exps)
-    return out
+    if scope == "neuron":
+        items = _neurons_as_rows(model, items)
+    return {name: _sums_flat([(w, m)], exps) if scope == "layer" else _sums_rows(w, m, exps) for name, w, m in items}
+
+
+def _neurons_as_rows(model, items):
+    """``items`` with HuggingFace ``Conv1D`` weights and masks, stored ``(in, out)``, transposed (rows = neurons)."""
+    flip = input_first_weights(model, [n for n, _, _ in items]) if isinstance(model, nn.Module) else ()
+    return [(n, w.T, None if m is None else m.T) if n in flip else (n, w, m) for n, w, m in items]
 
 
 def pq_index_model(
@@ -428,7 +428,8 @@ def pq_index_model(
         p: the smaller exponent, 0 < p < q.
         q: the larger exponent.
         scope: ``"global"`` (all weights together), ``"layer"`` (one value per weight tensor) or
-            ``"neuron"`` (one value per output unit: a row of the weight reshaped to (out, −1)).
+            ``"neuron"`` (one value per output unit: a row of the weight reshaped to (out, −1);
+            a column of a HuggingFace ``Conv1D`` weight of a module).
 
     Returns:
         ``{"global": float}``, ``{name: float}`` per layer, or ``{name: float64 tensor (out,)}``
@@ -488,9 +489,8 @@ def gini_index_model(
                           for x, m in parts]) if has_mask else None
         return {"global": float(_gini_rows(a, mask, rows=False))}
     out = {}
-    for name, w, m in items:
-        a, m = _abs_remaining(w, m)
-        g = _gini_rows(a, m, rows=(scope == "neuron"))
+    for name, w, m in (_neurons_as_rows(model, items) if scope == "neuron" else items):
+        g = _gini_rows(*_abs_remaining(w, m), rows=(scope == "neuron"))
         out[name] = g if scope == "neuron" else float(g)
     return out
 

@@ -184,6 +184,34 @@ def is_hf_conv1d(module: nn.Module) -> bool:
         getattr(module, "weight", None), torch.Tensor)
 
 
+def input_first_weights(model: nn.Module, names: Iterable[str]) -> set[str]:
+    """The names among ``names`` of weights stored ``(d_in, d_out)``: HuggingFace ``Conv1D``'s.
+
+    Whatever is computed per output unit (a neuron's PQ Index, a neuron's pruning count) takes
+    the *columns* of such a weight, where an ``nn.Linear`` weight gives its rows.
+
+    Args:
+        model: the network (wrappers are looked through).
+        names: parameter names (canonical, tied aliases or wrapper-prefixed); names of no
+            parameter are ignored.
+
+    Returns:
+        The subset of ``names`` whose parameter is the ``weight`` of a HuggingFace ``Conv1D``.
+
+    Example:
+        >>> input_first_weights(gpt2, ["transformer.h.0.attn.c_attn.weight", "lm_head.weight"])
+        {'transformer.h.0.attn.c_attn.weight'}
+    """
+    inner = unwrap(model)
+    aliases = parameter_aliases(inner)
+    found = set()
+    for name in names:
+        module_name, _, attribute = (canonical_name(name, aliases) or "").rpartition(".")
+        if attribute == "weight" and is_hf_conv1d(inner.get_submodule(module_name)):
+            found.add(name)
+    return found
+
+
 def _module_weights(module: nn.Module, rule: PrunableRule) -> list[str]:
     """Attribute names of ``module``'s own prunable weights under ``rule``."""
     if isinstance(module, nn.MultiheadAttention):

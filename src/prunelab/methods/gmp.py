@@ -16,6 +16,12 @@ sparsity is always exactly ``s_f``. Pruned weights never come back (masks are mo
 training stops before ``end_step``, the final sparsity is still enforced at the end of training
 (and a warning logged), so the method's contract (masks at the target) holds.
 
+On a transformer nothing changes (Zhu & Gupta pruned LSTM language models and GNMT too): scores
+are per weight and the schedule counts optimizer steps, whatever the optimizer (AdamW's moments
+at pruned entries are zeroed with the masks). The tied head/embedding is not prunable by default
+(Zhu & Gupta pruned their embeddings); global scope prunes the residual projections harder, as
+:mod:`prunelab.methods.magnitude` explains.
+
 Three ways to use the schedule:
 
 - with prunelab's loop: ``train(model, data, config, masks=Masks.ones(model),

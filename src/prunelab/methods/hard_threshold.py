@@ -15,6 +15,10 @@ the last one closed, as ``numpy.histogram``.
 
 ``exact=True`` gives per-layer exact magnitude pruning instead (the same fraction in each layer,
 exactly ``round(p · n)`` weights), the comparison the paper's approximate variant calls for.
+
+On a transformer nothing changes (one threshold per weight matrix); the layer left dense by
+default is the last prunable one, which in a language model with a tied head is the last
+block's ``mlp.proj``, not a classifier.
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@ Example:
 
 Build the optimizer after the model is on its device and its weights are loaded (the accumulator
 starts at the weights), and use no weight decay or momentum elsewhere (gRDA has none).
+
+On a transformer nothing changes in the method: the threshold acts per weight, with no
+assumption about the layer. Two things to know: the harness's dense model (trained with AdamW,
+say) is not used, since gRDA trains from the initialisation with its own SGD-form steps, and
+(c, μ, lr) tuned on image classifiers need retuning for a transformer, which usually trains
+better with Adam; embeddings, LayerNorm parameters and biases train as plain SGD
+(``threshold_all=False``).
 """
 
 from __future__ import annotations

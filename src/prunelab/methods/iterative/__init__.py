@@ -50,6 +50,15 @@ Run by the harness, round 0 is the harness's dense model (``ctx.dense_model``, t
 ``ctx.train_config``) unless ``rewind="k"``, and rounds ≥ 1 train with ``ctx.retrain_config``;
 the hparam ``epochs`` overrides the epochs of both. The prunelab loop masks gradients before
 clipping them; the paper's code clips first (the norm then includes pruned entries' gradients).
+
+On a transformer (the paper's models are image classifiers) the rounds are unchanged; what a
+``neuron`` is changes. A neuron is an output unit of a weight matrix: a row of an ``nn.Linear``
+weight, a column of a HuggingFace ``Conv1D`` weight (stored ``(in, out)``; the PQ Index and the
+allocation both take its columns). In the fused attention ``qkv`` a neuron is one query, key or
+value feature of one head (the row's weights are what that feature reads from the residual
+stream), so ``scope="neuron"`` balances features, not heads; ``attn.proj`` and ``mlp.proj``
+neurons are residual-stream features. The tied head/embedding is not prunable by default and
+enters no PQ Index.
 """
 
 from prunelab.methods.iterative.allocation import (

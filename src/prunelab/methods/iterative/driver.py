@@ -17,6 +17,7 @@ from prunelab.training import distributed as _dist
 from prunelab.errors import ConfigError, MethodError
 from prunelab.utils.io import plain_json
 from prunelab.core.masks import Masks, resolve_parameters
+from prunelab.core.prunable import input_first_weights
 from prunelab.core.pqi import gini_index_model, grid_to_lists, pq_index_grid_model, pq_index_model
 from prunelab.training.loop import Callback, TrainConfig, evaluate, train
 from prunelab.training.sources import batch_source
@@ -250,7 +251,7 @@ def iterate(
             # by the masks' names (canonical, tied alias or wrapper-prefixed), in model order
             resolved, rank = resolve_parameters(model, masks), {id(p): i for i, p in enumerate(model.parameters())}
             weights = dict(sorted(resolved.items(), key=lambda item: rank[id(item[1])]))
-            new, info = rule.allocate(weights, masks, hp, t)
+            new, info = _allocate_by_output_rows(rule, model, weights, masks, hp, t)
             if target_kept is not None and new.kept() < target_kept:
                 new = _cap_to(masks, new, weights, masks.kept() - target_kept)
                 info["capped_at_target"] = True
@@ -346,6 +347,18 @@ def iterate(
     if pruned_scores:
         info["pruned_scores"] = pruned_scores
     return IterativeResult(model=model, masks=masks, rounds=records, info=info, phase_times=times)
+
+
+def _allocate_by_output_rows(rule, model: nn.Module, weights: dict, masks: Masks, hp, round_index: int):
+    """``rule.allocate`` with every weight seen as ``(d_out, d_in)``: at neuron scope a unit is a
+    row of the weights it gets, so a HuggingFace ``Conv1D`` weight (stored ``(d_in, d_out)``, whose
+    output units are columns) and its mask go in transposed and its new mask comes back transposed."""
+    flip = input_first_weights(model, masks) if hp.scope == "neuron" else set()
+    if not flip:
+        return rule.allocate(weights, masks, hp, round_index)
+    turn = lambda tensors: {n: t.detach().T.contiguous() if n in flip else t for n, t in tensors.items()}  # noqa: E731
+    new, info = rule.allocate(turn(weights), Masks(turn(masks)), hp, round_index)
+    return Masks(turn(new)), info
 
 
 def _pct(value) -> str:

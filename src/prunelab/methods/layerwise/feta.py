@@ -58,6 +58,14 @@ in tests/test_feta.py):
 * **Layers.** By default every prunable layer but the model's last one (the paper leaves the
   softmax layer dense); the requested sparsity applies to each pruned layer. FeTa fits post-ReLU
   targets, so a pruned layer must be followed by a ReLU.
+
+On a transformer the rows of X are tokens: every position of every calibration sequence is one
+row (``max_samples`` counts tokens), since a Linear layer applies the same W to each. No Linear
+layer of a transformer block is followed by a ReLU (``fc`` by a GELU, ``qkv`` by attention, the
+projections by a residual add), so the post-ReLU target keeps only the positive part of each
+output: FeTa runs and meets its counts there, but fits ``max(Wx + b, 0)``, not the layer's output;
+L-OBS, SparseGPT and Wanda fit the output itself. The layer left dense by default is the last
+block's ``mlp.proj`` when the head is tied to the embedding.
 """
 
 from __future__ import annotations

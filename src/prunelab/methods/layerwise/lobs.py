@@ -36,6 +36,11 @@ row loses the same). Then, per row (:mod:`prunelab.methods.layerwise.obs_updates
   (``≈ hybrid_width³ d_in³`` flops per row). Rows of at most ``hybrid_min_width`` weights are
   pruned exactly as by ``"sequential"``; wider rows kept at more than ``hybrid_width`` (e.g. at
   50 % or 2:4) get the one-shot update.
+
+On a transformer nothing in the method changes: the error is on pre-activation outputs, so no
+activation is assumed. The rows ``x_j`` are tokens (every position of every calibration sequence;
+``max_samples`` counts tokens), and the Hessian is the tokens' ``(1/N) Σ x xᵀ``. The layer left
+dense by default is the last block's ``mlp.proj`` when the head is tied to the embedding.
 """
 
 from __future__ import annotations

@@ -40,6 +40,13 @@ probes on 128 neurons, 50 final iterations), 8-12 times less CPU time measured s
 85.3 % test top-1 at 90 % and 87.9 % at 50 % (dense: 87.9 %). The former behaviour stays
 reachable: ``search_neurons=None`` (search on every neuron), ``search_steps=8, search_iters=50,
 max_iters=300, alpha=1.0`` (the search then uses the secant rule above, not bisection).
+
+On a transformer the rows of X are tokens (every position of every calibration sequence; a
+Linear layer applies the same W to each), and ``max_samples`` counts tokens. The program assumes
+a ReLU after the layer, which no Linear layer of a transformer block has (``fc`` has a GELU,
+``qkv`` feeds attention, the projections a residual add): outputs ``a_im ≤ 0`` are only kept
+``≤ 0``, not fitted, so Net-Trim runs and meets its counts but reproduces the positive outputs
+only. L-OBS, SparseGPT and Wanda fit the whole output.
 """
 
 from __future__ import annotations

@@ -39,6 +39,12 @@ saliencies of the weights as the earlier blocks' updates left them, with exactly
 a block of dead or unimportant inputs prunes more than its share, and the layer keeps exactly
 ``n_keep``. Already-pruned weights (``problem.mask`` False) are pruned in their turn like the
 others: their (updated) value is compensated, so they stay zero and count as pruned.
+
+On a transformer (the paper's setting) the rows are tokens, every position of every calibration
+sequence (``max_samples`` counts tokens). One difference from the paper's protocol, which prunes
+every Linear layer of the blocks: prunelab's layer-wise default leaves the last prunable layer
+dense, the last block's ``mlp.proj`` when the head is tied to the embedding; pass
+``include_last=True`` to prune it too.
 """
 
 from __future__ import annotations

@@ -24,6 +24,12 @@ Comparison groups (Sec. 3 of the paper; its default is per output):
 Ties keep the lower column (row comparison, N:M); with the layer comparison the earlier weight in
 row-major order is pruned first (as :func:`~prunelab.methods.magnitude.select_smallest`).
 Already-pruned weights (``problem.mask`` False) stay pruned and count as pruned.
+
+On a transformer (the paper's setting) the rows are tokens, every position of every calibration
+sequence (``max_samples`` counts tokens). One difference from the paper's protocol, which prunes
+every Linear layer of the blocks: prunelab's layer-wise default leaves the last prunable layer
+dense, the last block's ``mlp.proj`` when the head is tied to the embedding; pass
+``include_last=True`` to prune it too.
 """
 
 from __future__ import annotations

@@ -55,6 +55,19 @@ In your own training loop (any data, optimizer, scheduler and loss) use
 ``ltp.penalty_term()`` to the loss, call ``ltp.step()`` after each optimizer step; ``ltp.reached``
 says when a target compression is reached and ``ltp.hard_model()`` gives the result at it.
 
+On a transformer (the paper's models are CNNs with batch norm). The paper's batch-norm argument
+is about the penalty, not the soft mask: a conv followed by batch norm computes the same for any
+scale of its weights, so L1/L2 penalties can shrink the weights without cost and lose their
+effect, while an L0 penalty on thresholds does not. Nothing in Eq. 1, 6 or 15 needs batch norm:
+the temperature ``T_l = T₀·Var|w_l|`` and the threshold units (mean ``w²`` of the layer) follow
+each layer's own weight scale, which absorbs GPT-2's small initialisation. A pre-LayerNorm
+transformer normalises the residual stream before ``qkv`` and ``fc``, not the Linear layers'
+outputs: scaling ``qkv`` changes the attention's temperature, ``fc`` the GELU's input and the
+projections what is added to the residual stream, so weight scale is not free there and the
+L1/L2 variants keep their effect. Without batch-norm layers there is nothing to recalibrate
+before each trail entry. Checked on a one-layer ``gpt``: the thresholds rise from 0 and the
+hard mask passes 2x compression within one epoch of SGD (tests/test_methods_lm.py).
+
 Example:
     >>> trail, wrapped = learn_thresholds(model, data, TrainConfig(epochs=8, optimizer="sgd", lr=0.03),
     ...                                   penalty_weight=3.0, temperature=2.0, threshold_lr=1.0)
