@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 
 from prunelab.cli import checks
+from prunelab.cli.options import add_data_option, data_options
 from prunelab.errors import ConfigError
 
 
 def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "fashion-mnist") -> None:
-    """``--dataset``, ``--data-dir``, ``--val-size`` and ``--normalize``."""
+    """``--dataset``, ``--data-dir``, ``--val-size``, ``--normalize`` and ``--data-option``."""
     p.add_argument("--dataset", default=dataset_default, help="data set name (see `prunelab info`)")
     p.add_argument("--data-dir", type=checks.existing_dir, default=None, help="directory holding the data files (else $PRUNELAB_DATA, cache, system)")
     p.add_argument("--val-size", type=checks.val_size, default=None, help="validation samples taken from the training set: a count, or a fraction < 1 (default: 5000 for image data sets, 0.1 for digits/synthetic)")
     p.add_argument("--normalize", default="standard", choices=("standard", "unit", "none"))
+    add_data_option(p)
 
 
 def val_size(args) -> int | float | None:
@@ -35,6 +37,7 @@ def load_data(args, dataset: str | None = None, **kwargs):
     """
     from prunelab import data
 
+    kwargs = {**data_options(args), **kwargs}
     return data.load(dataset or args.dataset, data_dir=args.data_dir, val_size=val_size(args),
                      seed=getattr(args, "seed", 0), normalize=args.normalize, **kwargs)
 
@@ -56,9 +59,25 @@ def checkpoint_data(args, meta: dict, path=None):
         raise ConfigError("the checkpoint does not say which data set it was trained on; pass --dataset")
     if args.normalize == "standard" and meta.get("extra", {}).get("normalize"):
         args.normalize = meta["extra"]["normalize"]
-    data = load_data(args, dataset)
+    data = load_data(args, dataset, **{**_saved_token_options(args, meta, dataset), **data_options(args)})
     checks.check_fits(meta, data, path or getattr(args, "checkpoint", "the checkpoint"))
     return data
+
+
+#: The loader options of token data (``text``) that a checkpoint's ``extra["tokens"]`` records.
+TOKEN_LOADER_OPTIONS = ("context", "max_bytes", "eval_bytes")
+
+
+def _saved_token_options(args, meta: dict, dataset: str) -> dict:
+    """The token-data loader options the checkpoint was trained with (and its folder, into
+    ``args.data_dir`` when none is given), so that ``eval``/``prune`` need no ``--data-option``."""
+    extra = meta.get("extra", {})
+    tokens = extra.get("tokens")
+    if not isinstance(tokens, dict) or dataset != extra.get("dataset"):
+        return {}
+    if args.data_dir is None and tokens.get("source") == "directory" and tokens.get("root"):
+        args.data_dir = tokens["root"]
+    return {key: tokens[key] for key in TOKEN_LOADER_OPTIONS if key in tokens}
 
 
 def print_eval(label: str, metrics: dict) -> None:

@@ -222,6 +222,26 @@ def add_assignment_option(parser: argparse.ArgumentParser, option: str, help_tex
     parser.add_argument(option, type=assignment(option), action="append", metavar="NAME=VALUE", help=help_text)
 
 
+def add_data_option(parser: argparse.ArgumentParser) -> None:
+    """``--data-option NAME=VALUE`` (repeatable): an option of the data set's loader, e.g. ``context=64``.
+
+    Read them back with :func:`data_options`.
+    """
+    add_assignment_option(parser, "--data-option",
+                          "option of the data set's loader (JSON value), e.g. context=64 or max_bytes=500000 "
+                          "for --dataset text; repeatable")
+
+
+def data_options(args: argparse.Namespace) -> dict:
+    """The ``--data-option`` pairs as the keyword arguments of :func:`prunelab.data.load` (a later name wins).
+
+    Example:
+        >>> data_options(argparse.Namespace(data_option=[("context", 64)]))
+        {'context': 64}
+    """
+    return dict(getattr(args, "data_option", None) or [])
+
+
 # -- the device a command computes on ------------------------------------------------------------
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"

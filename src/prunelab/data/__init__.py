@@ -17,6 +17,15 @@ Each root is tried as is and in the usual sub-layouts. For example, Fashion-MNIS
 downloads and never writes a cache to disk. Parsed raw arrays are kept in a small in-process LRU
 cache, keyed by each file's resolved path, mtime and size.
 
+Text. ``text`` is byte-level language-modelling data from local files (``prunelab.data.text``):
+by default the Python standard library's ``*.py`` sources, or every text file under ``data_dir``.
+Whole files go to train/val/test by the sha256 of their relative path; the splits hold int64
+windows ``x`` (n, context) and ``y`` = ``x`` shifted by one byte; ``info["tokens"]`` says what the
+tokens are and ``info["manifest"]`` which file bytes were used. Loader options (``--data-option``
+on the command line): ``context`` (128), ``max_bytes`` (2,000,000 training bytes) and
+``eval_bytes`` (200,000 each for val and test). ``prunelab.data.ngram`` fits the order-2 byte
+n-gram baseline (interpolated Kneser-Ney) and reports its bits per byte.
+
 Safety. The CIFAR-10 "python version" batches are pickles. They are read with a restricted
 unpickler that can only rebuild numpy arrays and dtypes, so a crafted file cannot run code.
 
@@ -37,6 +46,7 @@ from prunelab.data.splits import NORMALIZATIONS, STANDARD_STATS
 from prunelab.data.files import search_paths
 from prunelab.data.idx import read_idx
 from prunelab.data import cifar as _cifar  # noqa: F401  (registers cifar10)
+from prunelab.data import text as _text  # noqa: F401  (registers text)
 from prunelab.data.builtin import DIGITS_TEST_FRACTION, DIGITS_TEST_SEED
 
 __all__ = [

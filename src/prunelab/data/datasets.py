@@ -79,6 +79,13 @@ class RawData:
             the values have no natural range (synthetic).
         mean, std: per-channel statistics that "standard" applies after scaling. ``None`` means
             "standardise with the mean/std of the returned train split".
+        tokens: set by token (language-modelling) loaders only: what the tokens are (see the
+            ``text`` data set). :func:`load` then keeps the integer arrays as they are (no float
+            conversion, no normalisation), takes ``val_x``/``val_y`` as the validation split and
+            puts this dict into ``Dataset.info["tokens"]``.
+        val_x, val_y: the loader's own validation split (token loaders only).
+        manifest: which file bytes make up each split (token loaders only); it goes into
+            ``Dataset.info["manifest"]``, apart from ``tokens`` because it can be long.
     """
 
     train_x: np.ndarray
@@ -90,14 +97,20 @@ class RawData:
     scale: float = 255.0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    tokens: dict | None = None
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+    manifest: dict | None = None
 
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered loader and the validation size :func:`load` uses when given none."""
+    """A registered loader, the validation size :func:`load` uses when given none, and whether the
+    loader brings its own validation split (then ``val_size`` must be None)."""
 
     loader: Callable[..., RawData]
     default_val_size: int | float
+    own_val_split: bool = False
 
     def __call__(self, data_dir=None, **kwargs) -> RawData:
         return self.loader(data_dir, **kwargs)
@@ -113,7 +126,7 @@ def _normalize_name(name: str) -> str:
 registry: Registry[DatasetEntry] = Registry("dataset", ConfigError, normalize=_normalize_name)
 
 
-def register(name: str, default_val_size: int | float = 5000) -> Callable:
+def register(name: str, default_val_size: int | float = 5000, own_val_split: bool = False) -> Callable:
     """Register a dataset loader: ``@register("name")`` on ``loader(data_dir, **kwargs) -> RawData``.
 
     :func:`load` calls the loader with the caller's ``data_dir`` and extra keyword arguments, then
@@ -122,6 +135,8 @@ def register(name: str, default_val_size: int | float = 5000) -> Callable:
     Args:
         name: dataset name (stored lower case, with ``_`` read as ``-``). Must not be registered already.
         default_val_size: the ``val_size`` that :func:`load` uses when the caller passes ``None``.
+        own_val_split: the loader returns its own validation split (``RawData.val_x``); a
+            ``val_size`` other than None is then refused before the loader runs.
 
     Returns:
         The decorator. It returns the loader unchanged.
@@ -136,7 +151,7 @@ def register(name: str, default_val_size: int | float = 5000) -> Callable:
     """
 
     def decorator(loader: Callable[..., RawData]) -> Callable[..., RawData]:
-        registry.register(name, DatasetEntry(loader, default_val_size))
+        registry.register(name, DatasetEntry(loader, default_val_size, own_val_split))
         return loader
 
     return decorator
@@ -177,19 +192,22 @@ def load(
         val_size: size of the validation split carved from the training set. An int is a number
             of samples, and 0 gives an empty split. A float in ``[0, 1)`` is a fraction of the
             training set. ``None`` means the dataset's default: 5000 for the image sets, 0.1 for
-            ``digits`` and ``synthetic``.
+            ``digits`` and ``synthetic``. Token data (``text``) brings its own validation split
+            and takes only ``None``.
         seed: seeds the permutation that picks the validation samples. It also picks the training
             samples kept by ``limit``.
         normalize: ``"standard"``, ``"unit"`` or ``"none"`` (see ``prunelab.data``). For
             ``digits`` and ``synthetic``, ``"standard"`` uses the returned train split's
             per-channel mean/std. For ``synthetic``, ``"unit"`` equals ``"none"``.
         limit: keep at most this many training samples (after the validation carve); for tests
-            and quick runs. Validation and test splits are not capped.
+            and quick runs. Validation and test splits are not capped. For token data, ``limit``
+            training windows drawn with ``seed`` (kept in stream order).
         **kwargs: options of the dataset's loader, for example
             ``load("synthetic", in_shape=(1, 8, 8), num_classes=10, n_train=500)``.
 
     Returns:
-        A :class:`Dataset` of float32 ``x`` and int64 ``y`` tensors.
+        A :class:`Dataset` of float32 ``x`` and int64 ``y`` tensors (token data: int64 ``x``
+        too, not normalised).
 
     Raises:
         ConfigError: unknown dataset, option or normalisation, or ``val_size``/``limit`` out of range.
@@ -211,9 +229,16 @@ def load(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     entry = registry.get(key)
+    if entry.own_val_split and val_size is not None:
+        raise ConfigError(
+            f"dataset {key!r} has its own validation split (whole files go to train, val or test); "
+            f"drop val_size (--val-size)"
+        )
+    raw = entry(data_dir, **kwargs)
+    if raw.tokens is not None:
+        return _token_dataset(key, raw, seed, limit)
     if val_size is None:
         val_size = entry.default_val_size
-    raw = entry(data_dir, **kwargs)
 
     n_full = int(raw.train_y.shape[0])
     n_val = val_count(val_size, n_full, key)
@@ -257,6 +282,36 @@ def load(
             "val_size": n_val,
             "limit": None if limit is None else int(limit),
         },
+    )
+
+
+def _token_dataset(key: str, raw: RawData, seed: int, limit: int | None) -> Dataset:
+    """The :class:`Dataset` of a token loader: its own three splits as int64, ``limit`` windows kept."""
+    n_full = int(raw.train_y.shape[0])
+    train_idx = np.arange(n_full)
+    if limit is not None and int(limit) < n_full:
+        train_idx = np.sort(np.random.default_rng(int(seed)).permutation(n_full)[: int(limit)])
+    per_sample = int(np.prod(raw.train_x.shape[1:]))
+    n_windows = len(train_idx) + int(raw.val_y.shape[0]) + int(raw.test_y.shape[0])
+    check_fits(2 * 8 * per_sample * n_windows, f"data set {key!r} (as int64)", DataError,
+               "use fewer training windows (limit=, --limit) or a machine with more memory")
+
+    def split(x: np.ndarray, y: np.ndarray) -> Split:
+        # Copies: the raw windows may be read-only views of cached bytes.
+        return Split(torch.from_numpy(np.array(x, dtype=np.int64, copy=True)),
+                     torch.from_numpy(np.array(y, dtype=np.int64, copy=True)))
+
+    return Dataset(
+        name=key,
+        train=split(raw.train_x[train_idx], raw.train_y[train_idx]),
+        val=split(raw.val_x, raw.val_y),
+        test=split(raw.test_x, raw.test_y),
+        in_shape=tuple(int(d) for d in raw.train_x.shape[1:]),
+        num_classes=raw.num_classes,
+        source=raw.source,
+        info={"normalize": "none", "scale": 1.0, "mean": None, "std": None, "seed": int(seed),
+              "val_size": int(raw.val_y.shape[0]), "limit": None if limit is None else int(limit),
+              "tokens": dict(raw.tokens), "manifest": raw.manifest},
     )
 
 
