@@ -2,6 +2,10 @@
 
 ``train`` and ``prune`` run data-parallel under ``torchrun``: every rank trains, rank 0 alone
 writes the checkpoint.
+
+On token data (a data set whose ``info`` has ``tokens``, e.g. ``text``) evaluations also give
+perplexity and bits per byte (:func:`prunelab.core.metrics.lm_scores`), printed and stored in the
+checkpoint's metrics.
 """
 
 from __future__ import annotations
@@ -94,18 +98,58 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     state = train(model, data, config, progress=None if not args.quiet else False, device=device)
     seconds = time.perf_counter() - t0
-    test = evaluate(model, data.test, device=device)
-    val = evaluate(model, data.val, device=device) if len(data.val) else None
+    test = lm_eval(evaluate(model, data.test, device=device), data)
+    val = lm_eval(evaluate(model, data.val, device=device), data) if len(data.val) else None
     if val:
-        print_eval("val ", val)
-    print_eval("test", test)
+        print_scores("val ", val)
+    print_scores("test", test)
     if distributed.is_main():
+        extra = {"dataset": args.dataset, "normalize": args.normalize, "train": config.to_dict(),
+                 "history": state.history, "world_size": distributed.world_size(), "device": str(device)}
+        if _tokens(data) is not None:
+            extra["tokens"] = _tokens(data)
         out = save_checkpoint(args.out, model, metrics={"test": test, "val": val, "train_seconds": seconds},
-                              extra={"dataset": args.dataset, "normalize": args.normalize, "train": config.to_dict(),
-                                     "history": state.history, "world_size": distributed.world_size(),
-                                     "device": str(device)})
+                              extra=extra)
         print(f"saved {out} ({seconds:.1f}s of training)")
     return 0
+
+
+def _tokens(data) -> dict | None:
+    """What a token data set says of its tokens (``data.info["tokens"]``), None for other data."""
+    tokens = (getattr(data, "info", None) or {}).get("tokens")
+    return tokens if isinstance(tokens, dict) else None
+
+
+def lm_eval(metrics: dict, data) -> dict:
+    """An evaluation's metrics (``evaluate``'s dict) with ``ppl`` and ``bpb`` (bits per byte) added
+    from its loss when ``data`` is token data; unchanged otherwise.
+
+    Example:
+        >>> lm_eval({"loss": math.log(2), "top1": 0.5, "top5": 0.9, "n": 4}, text_data)["bpb"]
+        1.0
+    """
+    from prunelab.core.metrics import lm_scores
+
+    tokens = _tokens(data)
+    if tokens is None:
+        return metrics
+    return {**metrics, **lm_scores(metrics.get("loss"), tokens.get("bytes_per_token", 1.0))}
+
+
+def print_scores(label: str, metrics: dict) -> None:
+    """One line per evaluation: for a language model on token data loss, perplexity, bits per
+    byte and per-token top-1; otherwise :func:`prunelab.cli.common.print_eval`'s line."""
+    if "bpb" not in metrics:
+        print_eval(label, metrics)
+        return
+
+    def number(key, spec):
+        value = metrics.get(key)
+        return "–" if value is None else format(value, spec)
+
+    print(f"{label}: loss {number('loss', '.4f')} nats/token  perplexity {number('ppl', '.2f')}  "
+          f"bits per byte {number('bpb', '.4f')}  top-1 per token {number('top1', '.2%')}  "
+          f"(n={metrics.get('n', '?')} sequences)")
 
 
 def _calibration_split(args, data):
@@ -175,12 +219,12 @@ def cmd_prune(args) -> int:
     print(f"coverage: {masks.coverage(ckpt.model).line()}")
     metrics = {"prune_seconds": prune_seconds}
     if data is not None:
-        metrics["pruned_test"] = evaluate(ckpt.model, data.test, device=device)
-        print_eval("after pruning  test", metrics["pruned_test"])
+        metrics["pruned_test"] = lm_eval(evaluate(ckpt.model, data.test, device=device), data)
+        print_scores("after pruning  test", metrics["pruned_test"])
     if args.retrain_epochs > 0:
         train(ckpt.model, data, retrain, masks=masks, progress=None if not args.quiet else False, device=device)
-        metrics["retrained_test"] = evaluate(ckpt.model, data.test, device=device)
-        print_eval("after retraining test", metrics["retrained_test"])
+        metrics["retrained_test"] = lm_eval(evaluate(ckpt.model, data.test, device=device), data)
+        print_scores("after retraining test", metrics["retrained_test"])
     s = summary(ckpt.model, masks)
     metrics.update({k: s[k] for k in ("sparsity", "compression_ratio", "theoretical_speedup") if k in s})
     extra = dict(ckpt.meta.get("extra", {}))
@@ -204,7 +248,7 @@ def cmd_eval(args) -> int:
         split = getattr(data, args.split)
     except AttributeError:
         raise ConfigError(f"unknown split {args.split!r}") from None
-    print_eval(args.split, evaluate(ckpt.model.to(device), split, device=device))
+    print_scores(args.split, lm_eval(evaluate(ckpt.model.to(device), split, device=device), data))
     return 0
 
 
@@ -234,11 +278,19 @@ def cmd_info(args) -> int:
     extra = ckpt.meta.get("extra", {})
     if extra.get("dataset"):
         print(f"dataset: {extra['dataset']}")
+    tokens = extra.get("tokens")
+    if isinstance(tokens, dict):
+        shape = cfg.get("in_shape") or ["?"]
+        print(f"language model: context {shape[0]} tokens, vocabulary {cfg.get('num_classes')} "
+              f"(unit {tokens.get('unit', 'token')}, bytes per token {tokens.get('bytes_per_token', 1.0):g}), "
+              f"data manifest {str(tokens.get('manifest_hash', '?'))[:16]}")
     if extra.get("pruning"):
         print(f"pruning: {extra['pruning']}")
     print(format_summary(summary(ckpt.model, ckpt.masks)))
     for key, value in ckpt.meta.get("metrics", {}).items():
-        if isinstance(value, dict) and "top1" in value:
+        if isinstance(value, dict) and "bpb" in value:
+            print_scores(key, value)
+        elif isinstance(value, dict) and "top1" in value:
             print(f"{key}: top-1 {value['top1']:.2%}")
     return 0
 

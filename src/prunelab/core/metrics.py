@@ -11,9 +11,14 @@ What is counted (also stated in every summary under ``"counted"``):
   non-zero weights; ``theoretical_speedup`` = FLOPs / non-zero FLOPs.
 
 The PQ Index and Gini index (Diao et al.) are re-exported here from :mod:`prunelab.core.pqi`.
+
+Language models are scored by :func:`lm_scores`: perplexity and bits per byte from the mean
+cross-entropy per token.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -34,6 +39,43 @@ COUNTED = (
     "are not prunable but are in the *_total/all counts; FLOPs = multiply-accumulates of "
     "Linear/Conv layers per sample"
 )
+
+
+def lm_scores(loss, bytes_per_token: float = 1.0) -> dict:
+    """Perplexity and bits per byte of a language model from its mean cross-entropy per token.
+
+    Args:
+        loss: mean cross-entropy in nats per token (natural log, as ``F.cross_entropy``); None
+            or NaN (nothing evaluated) gives None values.
+        bytes_per_token: bytes of text per token (1.0 for byte-level data), so bits per byte
+            compare across tokenisations.
+
+    Returns:
+        ``{"ppl": exp(loss), "bpb": loss / ln 2 / bytes_per_token}``; ``ppl`` is ``inf`` when
+        ``exp`` overflows (a diverged model).
+
+    Raises:
+        ConfigError: ``bytes_per_token`` is not a positive finite number.
+
+    Example:
+        >>> lm_scores(math.log(2))
+        {'ppl': 2.0, 'bpb': 1.0}
+    """
+    try:
+        per_token = float(bytes_per_token)
+    except (TypeError, ValueError):
+        per_token = float("nan")
+    if not (math.isfinite(per_token) and per_token > 0):
+        raise ConfigError(f"bytes_per_token must be a positive number, got {bytes_per_token!r}; "
+                          "use 1.0 for byte-level tokens")
+    if loss is None or math.isnan(float(loss)):
+        return {"ppl": None, "bpb": None}
+    loss = float(loss)
+    try:
+        ppl = math.exp(loss)
+    except OverflowError:
+        ppl = float("inf")
+    return {"ppl": ppl, "bpb": loss / math.log(2) / per_token}
 
 
 def _batch_of(example) -> int:

@@ -23,6 +23,7 @@ import torch
 from prunelab import data as data_mod
 from prunelab import models
 from prunelab.core.checkpoints import load_checkpoint, save_checkpoint
+from prunelab.core.metrics import lm_scores
 from prunelab.errors import CheckpointError
 from prunelab.harness.spec import SPLITS, RunSpec, data_option_defaults, stable_hash, canonical_options
 from prunelab.training import distributed
@@ -73,13 +74,38 @@ def model_factory(spec: RunSpec, dataset, device: torch.device | None = None) ->
     return make
 
 
+def token_info(dataset) -> dict | None:
+    """``dataset.info["tokens"]`` (what a token data set says of its tokens), None for other data."""
+    info = getattr(dataset, "info", None)
+    tokens = info.get("tokens") if isinstance(info, dict) else None
+    return tokens if isinstance(tokens, dict) else None
+
+
+def score_names(dataset) -> tuple[str, ...]:
+    """The scores of a split: ``top1``, ``top5``, ``loss``, and ``ppl``, ``bpb`` for token data."""
+    return ("top1", "top5", "loss") + (("ppl", "bpb") if token_info(dataset) is not None else ())
+
+
+def with_lm_scores(scores: dict | None, dataset) -> dict | None:
+    """``scores`` (``{split: {"loss", ...}}``) with ``ppl`` and ``bpb`` added from each split's
+    loss when ``dataset`` is token data (:func:`prunelab.core.metrics.lm_scores`); other data, or
+    None, unchanged. Recomputing is harmless: the values follow from the loss alone."""
+    tokens = token_info(dataset)
+    if scores is None or tokens is None:
+        return scores
+    per_token = tokens.get("bytes_per_token", 1.0)
+    return {split: (dict(block, **lm_scores(block.get("loss"), per_token)) if isinstance(block, dict) else block)
+            for split, block in scores.items()}
+
+
 def split_scores(model, dataset, batch_size) -> dict:
-    """``{"val": {"top1", "top5", "loss"}, "test": {...}}`` of ``model`` on ``dataset``."""
+    """``{"val": {"top1", "top5", "loss"}, "test": {...}}`` of ``model`` on ``dataset``; for token
+    data (``dataset.info["tokens"]``) each split also has ``ppl`` and ``bpb`` (bits per byte)."""
     out = {}
     for split in SPLITS:
         r = evaluate(model, getattr(dataset, split), batch_size)
         out[split] = {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"]}
-    return out
+    return with_lm_scores(out, dataset)
 
 
 def get_dense(spec: RunSpec, dataset, outdir, log=None, device: torch.device | None = None
@@ -96,7 +122,7 @@ def get_dense(spec: RunSpec, dataset, outdir, log=None, device: torch.device | N
 
     Returns:
         ``(model, info)`` with info ``seconds`` (original training time), ``cached``, ``path``,
-        ``scores`` (val/test top-1, top-5, loss) and ``history``.
+        ``scores`` (val/test top-1, top-5, loss; ppl and bpb for token data) and ``history``.
     """
     log = log or (lambda msg: None)
     path = dense_path(spec, outdir)
@@ -109,8 +135,10 @@ def get_dense(spec: RunSpec, dataset, outdir, log=None, device: torch.device | N
             ckpt = load_checkpoint(path, factory())   # the factory's model is on the device already
             extra = ckpt.meta.get("extra", {})
             if extra.get("dense_key") == key:
+                # A cache written before ppl/bpb were recorded still gives them (they follow from the loss).
                 cached = ckpt.model, {"seconds": extra["seconds"], "cached": True, "path": str(path),
-                                      "scores": extra["scores"], "history": extra.get("history", [])}
+                                      "scores": with_lm_scores(extra["scores"], dataset),
+                                      "history": extra.get("history", [])}
             else:
                 log(f"dense cache {path.name} does not match this spec; retraining it")
         except CheckpointError as exc:
@@ -136,8 +164,10 @@ def get_dense(spec: RunSpec, dataset, outdir, log=None, device: torch.device | N
     extra = {"dense_key": key, "seconds": seconds, "scores": scores, "history": state.history}
     # save_checkpoint writes a temp file then os.replace()s it: a kill leaves no half file.
     if distributed.is_main():
-        save_checkpoint(path, model, metrics={"val_top1": scores["val"]["top1"], "test_top1": scores["test"]["top1"]},
-                        extra=extra)
+        metrics = {"val_top1": scores["val"]["top1"], "test_top1": scores["test"]["top1"]}
+        if token_info(dataset) is not None:
+            metrics.update({f"{split}_{name}": scores[split][name] for split in SPLITS for name in ("bpb", "ppl")})
+        save_checkpoint(path, model, metrics=metrics, extra=extra)
     return model, {"seconds": seconds, "cached": False, "path": str(path), "scores": scores,
                    "history": state.history}
 

@@ -10,6 +10,8 @@ and target), accuracy vs compression ratio (log x, one line per method, error ba
 after retraining), accuracy vs theoretical speedup, wall time per phase per method (stacked
 bars), and method traces (per round / per epoch: PQ Index, density, sparsity, accuracy ...).
 Accuracies are on the test split; the validation split (the only one used for selection) has its own column.
+A group of language models on token data is scored by bits per byte (lower is better) and perplexity
+instead of top-1 (:mod:`prunelab.harness.report_scores`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from prunelab.errors import ConfigError
 from prunelab.harness import suites
+from prunelab.harness.report_scores import TOP1, GroupScore, group_score, is_language_model_run
 from prunelab.harness.store import FILENAME, Store
 from prunelab.utils.figures import new_figure, png_bytes
 from prunelab.utils.render import Document, Figure, Paragraph, Section, Table, write_document
@@ -73,19 +76,8 @@ def aggregate(runs, key: str) -> tuple:
     return _mean_std([r.metrics.get(key) for r in runs])
 
 
-COLUMNS = (
-    # (header, metric key, kind)
-    ("sparsity", "sparsity", "pct"),
-    ("compression", "compression_ratio", "x"),
-    ("speedup", "theoretical_speedup", "x"),
-    ("pruned test top-1", "pruned_test_top1", "pct"),
-    ("final test top-1", "final_test_top1", "pct"),
-    ("final test top-5", "final_test_top5", "pct"),
-    ("final val top-1", "final_val_top1", "pct"),
-    ("prune s", "time_prune", "s"),
-    ("retrain s", "time_retrain", "s"),
-    ("method s", "time_total", "s"),
-)
+# (header, metric key, kind) of an image group's table; language models: report_scores.BPB.columns
+COLUMNS = TOP1.columns
 
 
 def _fmt(mean, std, n, kind) -> str:
@@ -97,13 +89,18 @@ def _fmt(mean, std, n, kind) -> str:
     if kind == "x":
         text = f"{mean:.2f}×"
         return text + (f" ± {std:.2f}" if n > 1 else "")
+    if kind in ("bpb", "ppl"):   # bits per byte: 3 decimals; perplexity: 2
+        digits = 3 if kind == "bpb" else 2
+        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
     text = f"{mean:.1f}" if mean >= 10 else f"{mean:.2f}"
     return text + (f" ± {std:.2f}" if n > 1 else "")
 
 
 def table(by_label: dict, num_classes: int | None = None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of one (data set, model) results table (strings, mean ± std over seeds)."""
-    columns = [c for c in COLUMNS if not (c[1] == "final_test_top5" and (num_classes or 0) <= 5)]
+    """Header and rows of one (data set, model) results table (strings, mean ± std over seeds);
+    language models on token data get bits per byte and perplexity columns instead of top-1."""
+    columns = [c for c in group_score(by_label).columns
+               if not (c[1] == "final_test_top5" and (num_classes or 0) <= 5)]
     header = ["method", "target", "seeds"] + [c[0] for c in columns]
     rows = []
     for label, by_target in by_label.items():
@@ -129,6 +126,13 @@ def dense_line(by_label: dict) -> str:
     if test[0] is None:
         return "Dense model: no record."
     budget = runs[0].spec.dense
+    if any(is_language_model_run(r) for r in runs):
+        return (f"Dense model ({len(runs)} seed{'s' if len(runs) > 1 else ''}): test bits per byte "
+                f"{_fmt(*aggregate(runs, 'dense_test_bpb'), 'bpb')}, perplexity "
+                f"{_fmt(*aggregate(runs, 'dense_test_ppl'), 'ppl')}, val bits per byte "
+                f"{_fmt(*aggregate(runs, 'dense_val_bpb'), 'bpb')}, trained in {_fmt(*secs, 's')} s "
+                f"(budget {json.dumps(budget, sort_keys=True)}); trained once per seed and cached, every method "
+                "starts from it, and its time is not in the per-method times.")
     return (f"Dense model ({len(runs)} seed{'s' if len(runs) > 1 else ''}): test top-1 {_fmt(*test, 'pct')} %, "
             f"val top-1 {_fmt(*val, 'pct')} %, trained in {_fmt(*secs, 's')} s "
             f"(budget {json.dumps(budget, sort_keys=True)}); trained once per seed and cached, every method "
@@ -137,8 +141,8 @@ def dense_line(by_label: dict) -> str:
 
 # --------------------------------------------------------------------------- figures
 
-def _series(by_label: dict, x_key: str, y_key: str):
-    """Per label: sorted lists of (x mean, x std, y mean, y std)."""
+def _series(by_label: dict, x_key: str, y_key: str, scale=100):
+    """Per label: sorted lists of (x mean, x std, y mean, y std), y times ``scale``."""
     out = {}
     for label, by_target in by_label.items():
         points = []
@@ -147,7 +151,7 @@ def _series(by_label: dict, x_key: str, y_key: str):
             xm, xs, _ = aggregate(runs, x_key)
             ym, ys, _ = aggregate(runs, y_key)
             if xm is not None and ym is not None:
-                points.append((xm, xs, 100 * ym, 100 * ys))
+                points.append((xm, xs, scale * ym, scale * ys))
         if points:
             out[label] = sorted(points)
     return out
@@ -161,11 +165,11 @@ def _log2_axis(ax):
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _dense_hline(ax, by_label):
+def _dense_hline(ax, by_label, score: GroupScore = TOP1):
     runs = [r for bt in by_label.values() for rs in bt.values() for r in rs]
-    m, _, _ = aggregate(runs, "dense_test_top1")
+    m, _, _ = aggregate(runs, score.dense)
     if m is not None:
-        ax.axhline(100 * m, color="0.3", ls="--", lw=1, label="dense")
+        ax.axhline(score.scale * m, color="0.3", ls="--", lw=1, label="dense")
 
 
 def _plot_lines(ax, series):
@@ -176,10 +180,11 @@ def _plot_lines(ax, series):
                     ls="-" if i < 10 else "--", label=label)
 
 
-def fig_accuracy_vs(by_label: dict, x_key: str, xlabel: str, title: str) -> bytes:
-    """Test top-1 against ``x_key`` (log2 x), before and after retraining when both exist."""
-    before = _series(by_label, x_key, "pruned_test_top1")
-    after = _series(by_label, x_key, "final_test_top1")
+def fig_accuracy_vs(by_label: dict, x_key: str, xlabel: str, title: str, score: GroupScore = TOP1) -> bytes:
+    """Test top-1 (or ``score``'s metric, e.g. bits per byte) against ``x_key`` (log2 x), before
+    and after retraining when both exist."""
+    before = _series(by_label, x_key, score.pruned, score.scale)
+    after = _series(by_label, x_key, score.final, score.scale)
     panels = [("after retraining (final)", after)]
     if before:
         panels.insert(0, ("after pruning, before retraining", before))
@@ -187,10 +192,10 @@ def fig_accuracy_vs(by_label: dict, x_key: str, xlabel: str, title: str) -> byte
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, series) in zip(axes, panels):
         _plot_lines(ax, series)
-        _dense_hline(ax, by_label)
+        _dense_hline(ax, by_label, score)
         _log2_axis(ax)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test top-1 accuracy (%)")
+        ax.set_ylabel(score.axis)
         ax.set_title(name, fontsize=10)
     # One legend for both panels, outside them: a dozen methods would hide the curves.
     handles, labels = axes[-1].get_legend_handles_labels()
@@ -266,8 +271,9 @@ def trace_plan(by_label: dict) -> list[tuple[str, str, str, list[str]]]:
     return plan
 
 
-def fig_retrain(by_label: dict, title: str) -> bytes | None:
-    """Validation top-1 per retraining epoch: a panel per one-shot method, a line per target."""
+def fig_retrain(by_label: dict, title: str, score: GroupScore = TOP1) -> bytes | None:
+    """Validation top-1 (``score.retrain_key``) per retraining epoch: a panel per one-shot method,
+    a line per target."""
     from matplotlib.ticker import MaxNLocator
 
     labels = [label for label, bt in by_label.items() if any(r.traces.get("retrain") for rs in bt.values() for r in rs)]
@@ -280,8 +286,8 @@ def fig_retrain(by_label: dict, title: str) -> bytes | None:
     for ax, label in zip(axes, labels):
         for target in sorted(by_label[label]):
             trace = by_label[label][target][0].traces.get("retrain", [])
-            pts = [(row.get("epoch", i + 1), 100 * row["val_top1"]) for i, row in enumerate(trace)
-                   if isinstance(row.get("val_top1"), (int, float))]
+            pts = [(row.get("epoch", i + 1), score.scale * row[score.retrain_key]) for i, row in enumerate(trace)
+                   if isinstance(row.get(score.retrain_key), (int, float))]
             if pts:
                 ax.plot(*zip(*pts), marker=".", lw=1.2, label=f"{target:g}")
         ax.set_title(label, fontsize=9)
@@ -290,7 +296,7 @@ def fig_retrain(by_label: dict, title: str) -> bytes | None:
         ax.grid(True, alpha=0.3)
     for ax in axes[len(labels):]:
         ax.set_visible(False)
-    axes[0].set_ylabel("val top-1 (%)")
+    axes[0].set_ylabel(score.retrain_axis)
     axes[0].legend(fontsize=6, title="target", title_fontsize=6)
     fig.suptitle(f"{title}: retraining with the mask fixed", fontsize=10)
     return png_bytes(fig)
@@ -331,7 +337,8 @@ def build(store: Store, title: str) -> Document:
                 for (dataset, model), by_label in group_results(results).items()]
     meta = {"runs": len(results), "git": sorted({str(r.info.get("git_sha")) for r in results}),
             "torch": sorted({str(r.info.get("torch")) for r in results}), "failures": _failures(store.outdir),
-            "suites": store.suites(), "integrity": store.check()}
+            "suites": store.suites(), "integrity": store.check(),
+            "language_models": any(is_language_model_run(r) for r in results)}
     return Document(title, _intro_lines(meta), sections)
 
 
@@ -339,21 +346,25 @@ def _group_section(title: str, by_label: dict) -> Section:
     """One (data set, model) group: the dense model, the results table, what was counted, the figures."""
     any_run = next(r for bt in by_label.values() for rs in bt.values() for r in rs)
     header, rows = table(by_label, any_run.metrics.get("num_classes"))
+    score = group_score(by_label)
+    what = "accuracy" if score is TOP1 else "bits per byte"
     figures = [
-        Figure("accuracy vs compression", fig_accuracy_vs(by_label, "compression_ratio",
-                                                           "compression ratio of prunable weights (log scale)", title),
-               "Test top-1 against the achieved compression ratio (prunable weights / non-zero ones); "
+        Figure(f"{what} vs compression", fig_accuracy_vs(by_label, "compression_ratio",
+                                                         "compression ratio of prunable weights (log scale)", title, score),
+               f"{score.caption} against the achieved compression ratio (prunable weights / non-zero ones); "
                "error bars: sample std over seeds; dashed: the dense model."),
-        Figure("accuracy vs theoretical speedup", fig_accuracy_vs(by_label, "theoretical_speedup",
-                                                                   "theoretical speedup = FLOPs / non-zero FLOPs (log scale)", title),
-               "Test top-1 against the theoretical speedup (multiply-accumulates of Linear/Conv layers)."),
+        Figure(f"{what} vs theoretical speedup", fig_accuracy_vs(by_label, "theoretical_speedup",
+                                                                 "theoretical speedup = FLOPs / non-zero FLOPs (log scale)",
+                                                                 title, score),
+               f"{score.caption} against the theoretical speedup (multiply-accumulates of Linear/Conv layers)."),
         Figure("time per phase", fig_phase_times(by_label, title),
                "Wall time per phase per method, mean over targets and seeds (dense training excluded: shared)."),
     ]
-    retrain_png = fig_retrain(by_label, title)
+    retrain_png = fig_retrain(by_label, title, score)
     if retrain_png is not None:
         figures.append(Figure("retraining curves", retrain_png,
-                              "Validation top-1 per retraining epoch (lowest seed), one line per target sparsity."))
+                              f"Validation {'top-1' if score is TOP1 else 'bits per byte'} per retraining epoch "
+                              "(lowest seed), one line per target sparsity."))
     for label, name, x_key, y_keys in trace_plan(by_label):
         figures.append(Figure(f"trace {label} {name}", fig_trace(by_label, label, name, x_key, y_keys, title),
                               f"Method trace '{name}' of {label}: one line per target (lowest seed)."))
@@ -376,6 +387,9 @@ def _intro_lines(meta: dict) -> list[str]:
         text = ". ".join(t.strip().rstrip(".") for t in (info.get("description", ""), info.get("notes", "")) if t.strip())
         lines.append(f"Suite `{name}`: {text}.")
     lines.append(f"prunelab git {', '.join(meta['git'])}; torch {', '.join(meta['torch'])}.")
+    if meta.get("language_models"):
+        lines.append("Language models on token data are scored by bits per byte (bpb, lower is better) and "
+                     "perplexity (ppl) of the test split instead of top-1; their top-1 would be per token.")
     if meta["failures"]:
         lines.append(f"{meta['failures']} run attempts failed; see errors.log in the output directory.")
     if meta["integrity"]:
@@ -384,7 +398,8 @@ def _intro_lines(meta: dict) -> list[str]:
 
 
 def text_table(store: Store) -> str:
-    """A plain-text summary for the terminal: final test top-1 per method and target.
+    """A plain-text summary for the terminal: final test top-1 (bits per byte for language models
+    on token data) per method and target.
 
     A ``*`` marks cells whose achieved sparsity fell short of the target by more than 0.5 points
     (methods that set their own sparsity); the report's table gives the achieved values.
@@ -392,7 +407,8 @@ def text_table(store: Store) -> str:
     lines = []
     for (dataset, model), by_label in group_results(store.results()).items():
         targets = sorted({t for bt in by_label.values() for t in bt})
-        lines.append(f"{dataset} / {model}: final test top-1 (%) by target sparsity; " + dense_line(by_label).split(";")[0])
+        score = group_score(by_label)
+        lines.append(f"{dataset} / {model}: {score.terminal} by target sparsity; " + dense_line(by_label).split(";")[0])
         width = max([len(label) for label in by_label] + [6])
         lines.append(f"{'method':<{width}} " + " ".join(f"{t:>13g}" for t in targets))
         short = False
@@ -400,11 +416,11 @@ def text_table(store: Store) -> str:
             cells = []
             for t in targets:
                 runs = by_target.get(t, [])
-                m, s, n = aggregate(runs, "final_test_top1")
+                m, s, n = aggregate(runs, score.final)
                 reached, _, _ = aggregate(runs, "sparsity")
                 mark = "*" if reached is not None and reached < t - 0.005 else " "
                 short |= mark == "*"
-                cells.append(f"{'–' if m is None else _fmt(m, s, n, 'pct'):>12}{mark}")
+                cells.append(f"{'–' if m is None else _fmt(m, s, n, score.kind):>12}{mark}")
             lines.append(f"{label:<{width}} " + " ".join(cells))
         if short:
             lines.append("* achieved sparsity below the target (see report.md for the achieved values)")

@@ -50,7 +50,10 @@ from prunelab.harness.dense import (  # noqa: F401  (re-exported: the harness's 
     get_dense,
     load_data,
     model_factory,
+    score_names,
     split_scores,
+    token_info,
+    with_lm_scores,
 )
 from prunelab.harness.spec import (  # noqa: F401  (re-exported: the harness's public names)
     PHASES,
@@ -69,7 +72,8 @@ from prunelab.utils.memory import PeakMemory
 __all__ = [
     "RunSpec", "RunResult", "SweepReport", "run", "sweep", "validate_all", "canonical_options", "method_class",
     "stable_hash", "load_data", "dense_key", "dense_path", "get_dense", "model_factory", "calibration_split",
-    "split_scores", "git_sha", "PHASES", "SPLITS", "SUMMARY_KEYS", "run_device",
+    "split_scores", "score_names", "token_info", "with_lm_scores", "git_sha", "PHASES", "SPLITS", "SUMMARY_KEYS",
+    "run_device",
 ]
 
 SUMMARY_KEYS = (
@@ -215,7 +219,7 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
                 state = train(model, dataset, retrain_config, masks=masks, progress=False,
                               select_best=len(dataset.val) > 0, label="retrain", device=device)
             phase_times["retrain"] = time.perf_counter() - t0
-            traces["retrain"] = [dict(r, sparsity=masks.sparsity()) for r in state.history]
+            traces["retrain"] = [_with_val_bpb(dict(r, sparsity=masks.sparsity()), dataset) for r in state.history]
     else:
         ctx = MethodContext(
             data=dataset, model_factory=model_factory(spec, dataset, device),
@@ -238,7 +242,7 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
         if other > 0.05 * elapsed and other > 0.01:
             phase_times["other"] = other
         if isinstance(info.get("pruned_scores"), dict):
-            scores["pruned"] = info.pop("pruned_scores")
+            scores["pruned"] = with_lm_scores(info.pop("pruned_scores"), dataset)
         if distributed.is_active() and distributed.checks_enabled():
             distributed.assert_masks_equal_across_ranks(masks)
             distributed.assert_params_equal_across_ranks(model)
@@ -247,11 +251,13 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
     metrics = {k: s.get(k) for k in SUMMARY_KEYS}
     metrics["target"] = float(spec.target)
     metrics["num_classes"] = dataset.num_classes
+    names = score_names(dataset)   # token data adds ppl and bpb
+    scores["dense"] = with_lm_scores(scores["dense"], dataset)
     for phase in PHASES:
         for split in SPLITS:
-            for name in ("top1", "top5", "loss"):
+            for name in names:
                 block = scores.get(phase)
-                metrics[f"{phase}_{split}_{name}"] = block[split][name] if block else None
+                metrics[f"{phase}_{split}_{name}"] = block[split].get(name) if block else None
     for phase, seconds in phase_times.items():
         metrics[f"time_{phase}"] = seconds
     metrics["time_total"] = sum(v for k, v in phase_times.items() if k != "dense_train")
@@ -268,6 +274,13 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
         if not distributed.is_main():
             result = RunResult.from_dict(shared)
     return result
+
+
+def _with_val_bpb(row: dict, dataset) -> dict:
+    """A retraining history row with ``val_bpb`` beside ``val_loss`` for token data (unchanged otherwise)."""
+    if token_info(dataset) is None or not isinstance(row.get("val_loss"), (int, float)):
+        return row
+    return dict(row, val_bpb=with_lm_scores({"val": {"loss": row["val_loss"]}}, dataset)["val"]["bpb"])
 
 
 @dataclass

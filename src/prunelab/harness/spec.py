@@ -331,7 +331,10 @@ class RunResult:
         family: ``"oneshot"``, ``"iterative"`` or ``"training"``.
         metrics: flat numbers: the keys of ``metrics.summary`` (final model; ``sparsity`` is the
             achieved sparsity), ``{dense,pruned,final}_{val,test}_{top1,top5,loss}``
-            (``pruned_*`` are None when the method owns its loop and reports none),
+            (``pruned_*`` are None when the method owns its loop and reports none); for token
+            data (``dataset.info["tokens"]``) also ``{dense,pruned,final}_{val,test}_{ppl,bpb}``,
+            perplexity and bits per byte from the loss (:func:`prunelab.core.metrics.lm_scores`;
+            top-1/top-5 are then per token),
             ``time_<phase>`` seconds and ``time_total`` (all phases but dense training).
         phase_times: seconds per phase; ``dense_train`` is the time the dense model originally
             took, also when it came from the cache (``dense_cached``).

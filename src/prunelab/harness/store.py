@@ -4,9 +4,14 @@
 
 * ``runs``: one row per run, keyed by the spec hash, with the full spec and result as JSON and a
   few columns for plain SQL queries (data set, model, method, target, seed, achieved sparsity,
-  compression, theoretical speedup, final accuracies);
+  compression, theoretical speedup, final accuracies, and final bits per byte for language
+  models on token data, NULL otherwise);
 * ``traces``: one row per round / epoch of each method trace (``run_hash, trace, idx, row``);
 * ``meta``: the schema version.
+
+A store of schema 1 (before the bits-per-byte columns) is migrated when opened: the missing
+columns are added (NULL in its old rows) and the version set to 2, in one transaction, so an
+older prunelab refuses it with a clear message instead of failing on a column count.
 
 A run is written in ONE transaction when it is complete (run row and all its trace rows, or
 nothing), so a process killed at any instant (SIGKILL included) leaves only whole runs; the
@@ -32,7 +37,7 @@ from pathlib import Path
 
 from prunelab.errors import ConfigError, PrunelabError, StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FILENAME = "results.sqlite"
 
 _TABLES = ("meta", "runs", "traces")
@@ -54,6 +59,8 @@ CREATE TABLE IF NOT EXISTS runs (
     theoretical_speedup REAL,
     final_val_top1 REAL,
     final_test_top1 REAL,
+    final_val_bpb REAL,
+    final_test_bpb REAL,
     n_trace_rows INTEGER NOT NULL,
     spec_json TEXT NOT NULL,
     result_json TEXT NOT NULL,
@@ -68,6 +75,11 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 COMMIT;
 """
+# Columns added after schema 1, with their types: a store of schema 1 gains them when opened.
+_ADDED_COLUMNS = {"final_val_bpb": "REAL", "final_test_bpb": "REAL"}
+_RUN_COLUMNS = ("hash", "dataset", "model", "method", "label", "family", "target", "seed", "sparsity",
+                "compression_ratio", "theoretical_speedup", "final_val_top1", "final_test_top1",
+                "final_val_bpb", "final_test_bpb", "n_trace_rows", "spec_json", "result_json", "created")
 
 
 class Store:
@@ -102,6 +114,8 @@ class Store:
             row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] == "1":
+                self._migrate()
             elif row[0] != str(SCHEMA_VERSION):
                 raise ConfigError(f"{self.path} has result-store schema {row[0]}, this prunelab writes "
                                   f"{SCHEMA_VERSION}; use another --out directory")
@@ -112,6 +126,26 @@ class Store:
                 raise
             raise ConfigError(f"{self.path} is not a prunelab result store or is damaged "
                               f"({' '.join(str(exc).split())}); move it away or choose another --out") from None
+
+    def _migrate(self) -> None:
+        """Bring a schema-1 store to this schema: add the missing ``runs`` columns (NULL in the old
+        rows) and record the new version, in one transaction. A store this process may not write
+        (a read-only file) is left as it is: it can still be read."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            present = {info[1] for info in conn.execute("PRAGMA table_info(runs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+            conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc).replace(" ", "").lower():
+                return
+            raise
 
     def _existing_store(self) -> bool:
         """Whether the file already holds a store (False: it is new or empty). ConfigError when it
@@ -272,12 +306,13 @@ class Store:
         values = (result.hash, spec.dataset, spec.model, spec.method, spec.label, result.family,
                   float(spec.target), int(spec.seed), m.get("sparsity"), _finite(m.get("compression_ratio")),
                   _finite(m.get("theoretical_speedup")), m.get("final_val_top1"), m.get("final_test_top1"),
-                  len(rows), json.dumps(spec.to_dict(), sort_keys=True), json.dumps(d, sort_keys=True), time.time())
+                  _finite(m.get("final_val_bpb")), _finite(m.get("final_test_bpb")), len(rows), json.dumps(spec.to_dict(), sort_keys=True), json.dumps(d, sort_keys=True), time.time())
         conn = self._conn
         with self._writing():
             conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = conn.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(values))})", values)
+                cur = conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(_RUN_COLUMNS)}) "
+                                   f"VALUES ({', '.join('?' * len(values))})", values)
                 written = cur.rowcount == 1
                 if written:
                     conn.executemany("INSERT INTO traces VALUES (?, ?, ?, ?)", rows)
