@@ -21,6 +21,17 @@ departs from the official code (step size, inner steps) is explained in
 :mod:`prunelab.methods.layerwise.feta`. Every output unit (row of W) is an independent problem:
 the fit, the ℓ1 term, the prox and the momentum all act row by row, so a solve restricted to some
 ``units`` gives those rows of the full solve (same seed, same mini-batches).
+
+A layer whose output is not followed by a ReLU (``output="linear"``; every Linear layer of a
+transformer block) has no post-ReLU target to fit. There the solver takes ρ as the identity: our
+adaptation, not in the paper, but the same objective
+
+    (1')  min_{W,b} F = (1/N) Σ_i ||W x_i + b − y_i||² + λ ||W||₁,
+
+a convex lasso (y_i the whole output, negative entries included) that the same machinery solves
+exactly as it stands: with ρ(z) = z, h in (2) is linear in (W, b), so DCA's linearisation is exact
+and every outer iteration just continues accelerated proximal SVRG on (1'), with the per-sample
+gradient factor 2z and the step 1/L, L = 2 λmax(X̃ᵀX̃/N) (the curvature bound is exactly 1).
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ import torch.nn.functional as F
 from prunelab.errors import ConfigError
 
 STEP_RULES = ("lipschitz", "fixed")
+#: what follows the layer: a ReLU (the paper's eq. (1)) or nothing (eq. (1'), the whole output).
+OUTPUTS = ("relu", "linear")
 #: bound on d²/dz² ρ_θ(z)² / 2 = ρ'² + ρρ'' over z (θ-free: ≈ 1.045 at θz ≈ 3), so the smooth part
 #: of g in (2) has a gradient Lipschitz constant ≤ 2 · 1.05 · λmax(X̃ᵀX̃ / N), X̃ = [X, 1].
 CURVATURE_BOUND = 1.05
@@ -60,15 +73,18 @@ class FetaResult:
 
 
 def feta_objective(X: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                   theta: float = 10.0, lam: float = 0.0, shrink_bias: bool = False) -> float:
+                   theta: float = 10.0, lam: float = 0.0, shrink_bias: bool = False,
+                   output: str = "relu") -> float:
     """F(W, b) of eq. (1): (1/N) Σ ||ρ_θ(W x_i + b) − y_i||² + λ||W||₁ (``+ λ||b||₁`` when
-    ``shrink_bias``).
+    ``shrink_bias``); with ``output="linear"`` eq. (1'), ρ the identity.
 
     Args:
-        X: ``(N, d_in)`` layer inputs. Y: ``(N, d_out)`` post-ReLU targets.
+        X: ``(N, d_in)`` layer inputs. Y: ``(N, d_out)`` post-ReLU targets (``"linear"``: the
+            layer's outputs).
         weight: ``(d_out, d_in)``. bias: ``(d_out,)``.
         theta: softplus sharpness θ. lam: ℓ1 weight λ (``τ / η`` for prox threshold τ).
         shrink_bias: count the bias in the ℓ1 term.
+        output: ``"relu"`` (eq. (1)) or ``"linear"`` (eq. (1')).
 
     Returns:
         The objective value (float).
@@ -76,7 +92,8 @@ def feta_objective(X: torch.Tensor, Y: torch.Tensor, weight: torch.Tensor, bias:
     Example:
         >>> feta_objective(X, torch.relu(X @ W.T + b), W, b, lam=1e-3)
     """
-    fit = (F.softplus(X @ weight.T + bias, beta=theta) - Y).pow(2).sum().item() / X.shape[0]
+    z = X @ weight.T + bias
+    fit = ((z if output == "linear" else F.softplus(z, beta=theta)) - Y).pow(2).sum().item() / X.shape[0]
     l1 = weight.abs().sum().item() + (bias.abs().sum().item() if shrink_bias else 0.0)
     return fit + lam * l1
 
@@ -87,8 +104,13 @@ def _dsq(z: torch.Tensor, theta: float) -> torch.Tensor:
     return F.softplus(z, beta=theta).mul_(torch.sigmoid(theta * z)).mul_(2.0)
 
 
+def _grad_factor(z: torch.Tensor, theta: float, linear: bool) -> torch.Tensor:
+    """d/dz ρ(z)²: :func:`_dsq`, or ``2z`` (in place) when ρ is the identity (eq. (1'))."""
+    return z.mul_(2.0) if linear else _dsq(z, theta)
+
+
 @torch.no_grad()
-def feta_lipschitz(X: torch.Tensor, iters: int = 50) -> float:
+def feta_lipschitz(X: torch.Tensor, iters: int = 50, curvature: float = CURVATURE_BOUND) -> float:
     """L̂ = 2 · 1.05 · λmax(X̃ᵀX̃ / N), X̃ = [X, 1]: a bound on the gradient Lipschitz constant of
     the smooth part of g in eq. (2) (the Hessian of ρ_θ(w·x̃)² is 2(ρ'² + ρρ'') x̃x̃ᵀ and
     ρ'² + ρρ'' ≤ 1.05), λmax by power iteration from the all-ones vector.
@@ -96,6 +118,7 @@ def feta_lipschitz(X: torch.Tensor, iters: int = 50) -> float:
     Args:
         X: ``(N, d_in)`` layer inputs.
         iters: power iterations.
+        curvature: the bound on ρ'² + ρρ'' (1.0 for ρ the identity, eq. (1')).
 
     Returns:
         L̂ (0.0 when X is zero).
@@ -114,7 +137,7 @@ def feta_lipschitz(X: torch.Tensor, iters: int = 50) -> float:
         u = X @ v[:-1] + v[-1]
         v = torch.cat([X.T @ u, u.sum().reshape(1)]) / n
         top = float(v.norm())
-    return 2.0 * CURVATURE_BOUND * top
+    return 2.0 * curvature * top
 
 
 @torch.no_grad()
@@ -124,7 +147,8 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
                init_weight: torch.Tensor | None = None, init_bias: torch.Tensor | None = None,
                init_std: float = 1e-3, support: torch.Tensor | None = None,
                shrink_bias: bool = False, use_bias: bool = True, seed: int = 0,
-               units: torch.Tensor | None = None, record_objective: bool = False) -> FetaResult:
+               units: torch.Tensor | None = None, record_objective: bool = False,
+               output: str = "relu") -> FetaResult:
     """FeTa's DCA (eq. (2)) with accelerated prox-SVRG steps (eq. (3)) for one layer.
 
     The defaults are the official ``feta_main.py``: η = 1e-3 fixed and ``N // b`` inner steps per
@@ -132,7 +156,8 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
 
     Args:
         X: ``(N, d_in)`` float32 layer inputs.
-        Y: ``(N, d_out)`` targets: the original layer's post-ReLU outputs (clamped at 0 here).
+        Y: ``(N, d_out)`` targets: the original layer's post-ReLU outputs (clamped at 0 here);
+            with ``output="linear"`` its whole outputs (not clamped).
         tau: soft threshold per step at the nominal step η₀ = ``step``, ``≥ 0``: λ = τ / η₀.
         theta: softplus sharpness θ (10).
         outer_iters: DCA iterations K (4).
@@ -152,6 +177,8 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
         units: output-unit indices to solve (None: all); the result has their rows only and they
             equal the full solve's rows (the random init is drawn for the whole layer).
         record_objective: record F after init and after every DCA iteration (one extra pass each).
+        output: ``"relu"`` (eq. (1), the paper) or ``"linear"`` (eq. (1'): ρ the identity, the
+            whole output fitted; module docstring).
 
     Returns:
         :class:`FetaResult`.
@@ -163,8 +190,11 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
         raise ConfigError(f"tau must be >= 0, got {tau}")
     if step_rule not in STEP_RULES:
         raise ConfigError(f"FeTa step_rule must be one of {STEP_RULES}, got {step_rule!r}")
+    if output not in OUTPUTS:
+        raise ConfigError(f"FeTa output must be one of {OUTPUTS}, got {output!r}")
+    linear = output == "linear"
     X = X.to(torch.float32).contiguous()
-    targets = Y.to(torch.float32).clamp_min(0.0)
+    targets = Y.to(torch.float32) if linear else Y.to(torch.float32).clamp_min(0.0)
     n, d_in = X.shape
     device = X.device
     # A CPU generator: the same seed draws the same numbers on every device.
@@ -190,12 +220,12 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
     lam = tau / step
     eta = step
     if step_rule == "lipschitz":
-        lipschitz = feta_lipschitz(X)
+        lipschitz = feta_lipschitz(X, curvature=1.0) if linear else feta_lipschitz(X)
         eta = 1.0 / lipschitz if lipschitz > 0 else step
     threshold = lam * eta
     history = []
     if record_objective:
-        history.append(feta_objective(X, targets, w.T, b, theta, lam, shrink_bias))
+        history.append(feta_objective(X, targets, w.T, b, theta, lam, shrink_bias, output))
     batch = min(batch_size, n)
     steps_per_epoch = max(1, n // batch, min_steps)
     extrapolate = 1.0 + momentum   # lerp(prev, new, 1 + β) = new + β (new − prev)
@@ -203,15 +233,22 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
     for _ in range(outer_iters):
         # One pass gives ∇h at the DCA point and the first snapshot's full gradient.
         z = torch.addmm(b, X, w)
-        sig = torch.sigmoid(theta * z)
-        r_h = 2.0 * targets * sig
-        grad_h_w, grad_h_b = X.T @ r_h / n, r_h.mean(0)
-        del r_h
-        r_snap = F.softplus(z, beta=theta).mul_(sig).mul_(2.0)
-        del z, sig
+        if linear:   # ∇h of (1') is the constant 2 X̃ᵀY / N; the factor 2z is the snapshot's
+            r_h = 2.0 * targets
+            grad_h_w, grad_h_b = X.T @ r_h / n, r_h.mean(0)
+            del r_h
+            r_snap = z.mul_(2.0)
+        else:
+            sig = torch.sigmoid(theta * z)
+            r_h = 2.0 * targets * sig
+            grad_h_w, grad_h_b = X.T @ r_h / n, r_h.mean(0)
+            del r_h
+            r_snap = F.softplus(z, beta=theta).mul_(sig).mul_(2.0)
+            del sig
+        del z
         for epoch in range(epochs):
             if epoch > 0:
-                r_snap = _dsq(torch.addmm(b, X, w), theta)
+                r_snap = _grad_factor(torch.addmm(b, X, w), theta, linear)
             # The snapshot's per-sample gradients r_snap are kept for the epoch, so a step needs
             # one product for the look-ahead point only; η × (the snapshot's full gradient minus
             # the DCA linearisation) is a constant of the epoch.
@@ -223,7 +260,7 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
             for i in range(steps_per_epoch):
                 idx = draws[i]
                 rows = X[idx]
-                diff = _dsq(torch.addmm(look_b, rows, look_w), theta).sub_(r_snap[idx])
+                diff = _grad_factor(torch.addmm(look_b, rows, look_w), theta, linear).sub_(r_snap[idx])
                 new_w = torch.addmm(look_w, rows.T, diff, alpha=-eta / batch).sub_(const_w)
                 if threshold > 0:
                     new_w = F.softshrink(new_w, threshold)
@@ -240,24 +277,26 @@ def feta_solve(X: torch.Tensor, Y: torch.Tensor, tau: float, *, theta: float = 1
             w, b = prev_w, prev_b
             del r_snap
         if record_objective:
-            history.append(feta_objective(X, targets, w.T, b, theta, lam, shrink_bias))
+            history.append(feta_objective(X, targets, w.T, b, theta, lam, shrink_bias, output))
     return FetaResult(w.T.contiguous(), b, history, float(tau), float(eta))
 
 
 @torch.no_grad()
 def feta_tau_guess(X: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor, n_keep: int,
-                   step: float = 1e-3, support: torch.Tensor | None = None) -> float:
+                   step: float = 1e-3, support: torch.Tensor | None = None, output: str = "relu") -> float:
     """A first τ for ``n_keep`` non-zeros, from a diagonal model of eq. (1) at the trained weights.
 
     With the fit's curvature along ``w_kj`` taken as ``c_kj = (2/N) Σ_{i: z_ik > 0} x_ij²`` (ReLU
-    active samples) and the solution near the trained weights, the ℓ1 prox keeps ``w_kj`` when
-    ``c_kj |w_kj| > λ = τ/η``. So τ is η times the ``n_keep``-th largest ``c_kj |w_kj|``. It is only
-    a starting point for :func:`feta_search_tau` (off by up to ~3× on the FC net's layers).
+    active samples; every sample with ``output="linear"``) and the solution near the trained
+    weights, the ℓ1 prox keeps ``w_kj`` when ``c_kj |w_kj| > λ = τ/η``. So τ is η times the
+    ``n_keep``-th largest ``c_kj |w_kj|``. It is only a starting point for :func:`feta_search_tau`
+    (off by up to ~3× on the FC net's layers).
 
     Args:
         X: ``(N, d_in)`` inputs. outputs: ``(N, d_out)`` pre-activation outputs.
         weight: ``(d_out, d_in)`` trained weights. n_keep: wanted non-zeros (>= 1).
         step: η. support: allowed entries, or None.
+        output: ``"relu"`` or ``"linear"`` (eq. (1'): every sample counts in the curvature).
 
     Returns:
         τ (float, > 0 unless every score is 0).
@@ -265,7 +304,10 @@ def feta_tau_guess(X: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor,
     Example:
         >>> tau0 = feta_tau_guess(X, X @ W.T + b, W, n_keep=W.numel() // 10)
     """
-    curvature = 2.0 * (X.T @ (outputs > 0).to(X.dtype)).T / X.shape[0]
+    if output == "linear":
+        curvature = (2.0 * X.pow(2).mean(0)).expand(weight.shape)
+    else:
+        curvature = 2.0 * (X.T @ (outputs > 0).to(X.dtype)).T / X.shape[0]
     score = (curvature * weight.abs()).flatten()
     if support is not None:
         score = score[support.flatten()]

@@ -6,6 +6,14 @@ with the bias fitted but not penalised, as prunelab never prunes biases),
 
     min ||w_m||₁   s.t.   ||(X̃ w_m − a_m)_{Ω_m}||₂ ≤ ε_m,   (X̃ w_m)_{Ω_mᶜ} ≤ 0,     X̃ = [X, 1].
 
+For a layer without a ReLU (``output="linear"``) it solves the paper's program for its last
+layer (Aghasi et al., the ReLU-free case of program (3), used there for the network's output
+layer): the constraint covers every sample, with no inactive set,
+
+    min ||w_m||₁   s.t.   ||X̃ w_m − a_m||₂ ≤ ε_m.
+
+The same ADMM serves both: only the projection onto C changes (a ball around the whole ``a_m``).
+
 All neurons of a layer are solved at once, one column each. With the rows scaled by 1/√N, the
 inputs centred (``Xw + b = (X − μ)w + (b + μᵀw)``: the unpenalised bias absorbs the mean, which
 removes the huge mean direction of non-negative inputs from X̃ᵀX̃; without it ADMM drifted on such
@@ -44,6 +52,20 @@ import torch
 from prunelab.errors import ConfigError
 
 _CHECK_EVERY = 10
+#: what follows the layer: a ReLU (program (3)) or nothing (the last-layer program).
+OUTPUTS = ("relu", "linear")
+
+
+def constraint_target(outputs: torch.Tensor, scale: float, output: str = "relu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(active, target)`` of the constraint set C: Ω as 0/1 floats and the scaled target, 0 off Ω.
+
+    ``"relu"``: Ω = {a > 0}, target ``max(a, 0)·scale``; ``"linear"``: Ω = every sample, target
+    ``a·scale`` (the last-layer program: the whole output is fitted, negative entries included).
+    """
+    if output == "linear":
+        target = outputs.to(torch.float32) * scale
+        return torch.ones_like(target), target
+    return (outputs > 0).to(torch.float32), outputs.to(torch.float32).clamp_min(0.0) * scale
 
 
 @dataclass
@@ -182,13 +204,15 @@ def _project_(h: torch.Tensor, target: torch.Tensor, active: torch.Tensor, radiu
 
 
 def initial_state(layer: NetTrimLayer, outputs: torch.Tensor, epsilon: float, weight: torch.Tensor | None,
-                  bias: torch.Tensor | None, mask: torch.Tensor | None, rho: float | None) -> NetTrimState:
+                  bias: torch.Tensor | None, mask: torch.Tensor | None, rho: float | None,
+                  output: str = "relu") -> NetTrimState:
     """The cold ADMM start: w = v = the given weights (centred), z = Proj_C(X̃w), u = s = 0.
 
     Args:
         layer: the layer's inputs and factor. outputs: ``(N, d_out)`` pre-activations.
         epsilon: relative ε. weight, bias: the start (default 0). mask: allowed weights.
         rho: ADMM penalty; None = ``1 / (c² mean|w₀|)``.
+        output: ``"relu"`` (program (3)) or ``"linear"`` (the last-layer program).
 
     Returns:
         :class:`NetTrimState`.
@@ -201,10 +225,9 @@ def initial_state(layer: NetTrimLayer, outputs: torch.Tensor, epsilon: float, we
     if bias is not None and layer.bias:
         w[layer.d_in] = bias
     w = layer.to_centred(w)
-    active = outputs > 0
-    target = outputs.to(torch.float32).clamp_min(0.0) * layer.scale
+    active, target = constraint_target(outputs, layer.scale, output)
     z = layer.mv(w)
-    _project_(z, target, active.to(torch.float32), epsilon * target.norm(dim=0), torch.empty_like(z), torch.empty_like(z))
+    _project_(z, target, active, epsilon * target.norm(dim=0), torch.empty_like(z), torch.empty_like(z))
     mean_abs = float(w[: layer.d_in].abs().mean()) or 1.0
     rho = 1.0 / (layer.c2 * mean_abs) if rho is None else rho
     if rho <= 0:
@@ -219,7 +242,7 @@ def nettrim_solve(X: torch.Tensor, outputs: torch.Tensor, epsilon: float, *,
                   use_bias: bool = True, mask: torch.Tensor | None = None,
                   state: NetTrimState | None = None, rho: float | None = None,
                   max_iters: int = 500, tol: float = 1e-3, alpha: float = 1.6,
-                  layer: NetTrimLayer | None = None) -> NetTrimResult:
+                  layer: NetTrimLayer | None = None, output: str = "relu") -> NetTrimResult:
     """Net-Trim's per-layer convex program by over-relaxed ADMM (module docstring).
 
     Args:
@@ -239,6 +262,8 @@ def nettrim_solve(X: torch.Tensor, outputs: torch.Tensor, epsilon: float, *,
             reached a given residual in about 30 % fewer iterations on MLP layers.
         layer: a :class:`NetTrimLayer` of ``X`` built before (it holds the factorisation; shared
             across calls on the same inputs), or None to build it here.
+        output: ``"relu"`` (program (3): fit the active outputs, keep the others ≤ 0) or
+            ``"linear"`` (the paper's last-layer program: fit every output within ε).
 
     Returns:
         :class:`NetTrimResult`.
@@ -253,14 +278,15 @@ def nettrim_solve(X: torch.Tensor, outputs: torch.Tensor, epsilon: float, *,
         raise ConfigError(f"Net-Trim max_iters must be >= 1, got {max_iters}")
     if not 0.0 < alpha < 2.0:
         raise ConfigError(f"Net-Trim alpha (over-relaxation) must be in (0, 2), got {alpha}")
+    if output not in OUTPUTS:
+        raise ConfigError(f"Net-Trim output must be one of {OUTPUTS}, got {output!r}")
     layer = NetTrimLayer(X, use_bias) if layer is None else layer
     d_in, size = layer.d_in, layer.size
     device = layer.X.device
-    active = (outputs > 0).to(torch.float32)
-    target = outputs.to(torch.float32).clamp_min(0.0) * layer.scale
+    active, target = constraint_target(outputs, layer.scale, output)
     radius = epsilon * target.norm(dim=0)
     if state is None:
-        state = initial_state(layer, outputs, epsilon, weight, bias, mask, rho)
+        state = initial_state(layer, outputs, epsilon, weight, bias, mask, rho, output)
     keep = None
     if mask is not None:
         keep = torch.ones(size, outputs.shape[1], device=device)
