@@ -24,7 +24,8 @@ and 64, 1 and 2 threads: to_sparse's conversion seconds, then dense PyTorch, onn
 when importable) and prunelab sparse timed interleaved in one process (median); the theoretical
 speedup (dense FLOPs / non-zero FLOPs) and the fraction of it reached; the largest output
 difference relative to the largest dense output; how many layers ran chained (one native call
-per ``nn.Sequential`` run) and what the graph fusion folded (BatchNorm) or fused (ReLU, residual add).
+per ``nn.Sequential`` run or per run of convolutions in a traced graph, a ResNet's trunk) and what
+the graph fusion folded (BatchNorm) or fused (ReLU, residual add, pre-activation prologue).
 
 Usage:
     python benchmarks/bench_export.py                      # full run, 1 thread (about 2 minutes)
@@ -270,7 +271,8 @@ def network_point(model, shape, batch, threads, reps_budget_s, max_reps, onnx_pa
         "layers": len(report["layers"]),
         "timed_layers": sum(e.get("decided_by") == "timing" for e in report["layers"]),
         "reverted": report["reverted"],
-        "chained_layers": sum(len(c) for runs in report.get("chains", {}).values() for c in runs),
+        "chained_layers": sum(len(c) for runs in report.get("chains", {}).values() for c in runs)
+        + sum(len(run) for run in report.get("graph_runs", {}).values()),
         "graph_fusion": {k: len(v) for k, v in report.get("graph_fusion", {}).items()},
         "max_rel_diff": rel,
     }

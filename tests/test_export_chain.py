@@ -1,5 +1,5 @@
-"""Whole-chain native calls (SparseSequential) and graph fusion (BatchNorm folding, fused ReLU and
-residual add) in to_sparse: same outputs as dense, fallbacks, autograd."""
+"""Whole-chain native calls (SparseSequential, SparseGraphRun) and graph fusion (BatchNorm folding, fused ReLU,
+residual add and pre-activation prologue) in to_sparse: same outputs as dense, fallbacks, autograd."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 
 import prunelab
 from prunelab import models
-from prunelab.export import SparseLinear, make_permanent, native, sparse_layers, to_sparse
+from prunelab.export import SparseConv2d, SparseLinear, make_permanent, native, sparse_layers, to_sparse
 from prunelab.export.chain import SparseSequential
 
 needs_native = pytest.mark.skipif(native.load() is None, reason="native sparse kernel unavailable")
@@ -81,12 +81,37 @@ def test_resnet_folds_batchnorm_and_fuses_relu_and_residual_adds():
     assert len(fusion["folded_batchnorm"]) == 8 and all(n.endswith(".bn2") for n in fusion["folded_batchnorm"])
     assert fusion["relu"] == [f"layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2)]
     assert len(fusion["residual_add"]) == 8   # one add per block
+    # each block's pre-activation BatchNorm + ReLU runs in its conv1 and shortcut
+    assert sorted(fusion["prologue"]) == sorted([f"layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2)]
+                                                + [f"layer{s}.0.shortcut" for s in range(2, 5)])
+    assert not [n for n in fast.graph.nodes if n.op == "call_module" and n.target.endswith((".bn1", ".relu1"))]
     assert fast.sparse_report["layers"][0]["name"] == "conv1"   # same layer names as the model
-    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        _assert_close_relative(fast(x), model(x))
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            _assert_close_relative(fast(x), model(x))
     nnz = {n: m.nnz for n, m in sparse_layers(fast).items()}
     assert nnz == {n: int((m.weight != 0).sum()) for n, m in model.named_modules() if n in nnz}   # folding keeps zeros
+
+
+@needs_native
+@pytest.mark.parametrize("batch", [1, 2])
+def test_resnet_trunk_is_one_native_call_bit_identical_to_layer_by_layer(batch, monkeypatch):
+    model = _pruned("resnet18", (3, 8, 8), width=0.125)
+    fast = to_sparse(model, policy="always")
+    layered = to_sparse(model, policy="always", chain=False)
+    trunk = [f"layer{s}.{b}.{c}" for s in range(1, 5) for b in range(2)
+             for c in (("conv1", "conv2", "shortcut") if s > 1 and b == 0 else ("conv1", "conv2"))]
+    assert fast.sparse_report["graph_runs"] == {"sparse_run_0": ["conv1", *trunk]}
+    assert "graph_runs" not in layered.sparse_report
+    assert list(fast.state_dict()) == list(layered.state_dict())   # the run refers to the layers
+    x = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected, reference = layered(x), model(x)
+        monkeypatch.setattr(SparseConv2d, "forward", lambda self, *a: pytest.fail("layer called from Python"))
+        got = fast(x)
+    assert torch.equal(got, expected)
+    _assert_close_relative(got, reference)
 
 
 def test_without_native_kernel_nothing_is_chained_or_fused(monkeypatch):
@@ -99,6 +124,7 @@ def test_without_native_kernel_nothing_is_chained_or_fused(monkeypatch):
         resnet = _pruned("resnet18", (3, 8, 8), width=0.125)
         slow = to_sparse(resnet, policy="always")
         assert slow.sparse_report["graph_fusion"]["relu"] == [] and slow.sparse_report["graph_fusion"]["residual_add"] == []
+        assert slow.sparse_report["graph_runs"] == {}
         with torch.no_grad():
             x = torch.randn(2, 1, 28, 28)
             _assert_close_relative(fast(x), model(x))
@@ -131,3 +157,17 @@ def test_training_mode_runs_module_by_module():
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         _assert_close_relative(fast(x), model(x))   # no Dropout in this MLP: same function
+
+
+@needs_native
+def test_wide_resnet_dropout_is_removed_so_its_trunk_is_one_run():
+    model = _pruned("wrn", (3, 8, 8), depth=10, widen_factor=1, dropout=0.3)
+    fast = to_sparse(model, policy="always")
+    assert fast.sparse_report["graph_fusion"]["dropout_removed"] == [f"layer{s}.0.dropout" for s in range(1, 4)]
+    assert list(fast.sparse_report["graph_runs"].values()) == [
+        ["conv1", "layer1.0.conv1", "layer1.0.conv2"]   # 16 -> 16 channels: no shortcut conv
+        + [f"layer{s}.0.{c}" for s in range(2, 4) for c in ("conv1", "conv2", "shortcut")]]
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+        with torch.no_grad():
+            _assert_close_relative(fast(x), model(x))

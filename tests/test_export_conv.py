@@ -219,3 +219,45 @@ def test_vgg_pooling_with_ceil_mode_is_fused():
 def test_unknown_policy_is_refused():
     with pytest.raises(ConfigError, match="measure"):
         to_sparse(nn.Sequential(nn.Linear(3, 2)), policy="fastest")
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="native kernel unavailable (no C compiler?)")
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_native_shift_mode_with_prologue_and_channel_segments_matches_dense(batch):
+    """Small outputs (shift mode; 128 and 96 input channels: several input-channel segments),
+    stride 2 phases, dilation, both thread paths, a BatchNorm + ReLU prologue and fused ReLU."""
+    torch.manual_seed(batch)
+    specs = ((dict(in_channels=128, out_channels=16, kernel_size=3, padding=1), 4, 1),
+             (dict(in_channels=96, out_channels=8, kernel_size=3, padding=1, stride=2), 8, 2),
+             (dict(in_channels=64, out_channels=8, kernel_size=(3, 2), padding=(2, 1), dilation=2), 5, 1),
+             (dict(in_channels=24, out_channels=8, kernel_size=1, stride=2), 7, 2))
+    for spec, size, threads in specs:
+        dense = _sparse_(nn.Conv2d(**spec, bias=True), 0.9, seed=size)
+        scale, shift = torch.rand(spec["in_channels"]) + 0.5, torch.randn(spec["in_channels"])
+        x = torch.randn(batch, spec["in_channels"], size, size)
+        with torch.no_grad():
+            expected = dense(torch.relu(x * scale.view(-1, 1, 1) + shift.view(-1, 1, 1))).relu()
+        for backend in BACKENDS:
+            layer = SparseConv2d(dense, backend=backend, relu=True, threads=threads)
+            layer.set_prologue(scale, shift)
+            with torch.no_grad():
+                torch.testing.assert_close(layer(x), expected, **TOL)
+
+
+def test_prologue_needs_one_scale_and_shift_per_input_channel():
+    layer = SparseConv2d(nn.Conv2d(4, 2, 3), backend="torch")
+    with pytest.raises(ConfigError, match="4 scales and shifts"):
+        layer.set_prologue(torch.ones(3), torch.zeros(3))
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="native kernel unavailable (no C compiler?)")
+def test_native_conv_with_one_output_pixel_at_batch_1_matches_dense():
+    """One output pixel per sample: only a kernel covering the unpadded input may read x directly
+    (dot mode); padding or stride phases need the packed input."""
+    torch.manual_seed(11)
+    for spec, size in ((dict(kernel_size=3, padding=1), 1), (dict(kernel_size=3, padding=1, stride=2), 2),
+                       (dict(kernel_size=1, stride=2), 2), (dict(kernel_size=3), 3)):
+        dense = _sparse_(nn.Conv2d(16, 8, **spec), 0.5, seed=size)
+        x = torch.randn(1, 16, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(SparseConv2d(dense)(x), dense(x), **TOL)

@@ -6,7 +6,9 @@
   :mod:`.native`); a layer its parent reads directly (``nn.MultiheadAttention``'s ``out_proj``)
   stays dense, with the reason in ``sparse_report["left_dense"]``. Runs of native sparse layers
   in an ``nn.Sequential`` execute in one native call (:class:`SparseSequential`); BatchNorm is
-  folded and a following ReLU or residual add fused where the model traces with ``torch.fx``.
+  folded, a following ReLU or residual add fused and a pre-activation BatchNorm + ReLU applied
+  by the convolutions that read it, where the model traces with ``torch.fx``; there each run of
+  native sparse convolutions (a ResNet's trunk) executes in one native call (:class:`SparseGraphRun`).
 - :func:`save_sparse` / :func:`load_sparse` store a model as compressed sparse tensors in
   safetensors with JSON metadata; :func:`storage_sizes` compares with dense and gzip.
 - :func:`export_onnx` writes the pruned model as ONNX; :func:`check_onnx` compares onnxruntime.
@@ -24,6 +26,7 @@ Example:
 
 from prunelab.export.chain import SparseSequential
 from prunelab.export.convert import sparse_layers, to_sparse
+from prunelab.export.graph import SparseGraphRun
 from prunelab.export.modules import SparseConv2d, SparseLinear
 from prunelab.export.onnx_export import check_onnx, export_onnx, onnxruntime_session
 from prunelab.export.permanent import make_permanent, plain_copy
@@ -33,6 +36,7 @@ from prunelab.export.timing import interleaved
 
 __all__ = [
     "make_permanent", "plain_copy", "to_sparse", "sparse_layers", "SparseLinear", "SparseConv2d", "SparseSequential",
+    "SparseGraphRun",
     "save_sparse", "load_sparse", "storage_sizes", "export_onnx", "check_onnx", "onnxruntime_session",
     "interleaved", "to_semi_structured", "semi_structured_reason",
 ]

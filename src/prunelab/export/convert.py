@@ -11,7 +11,7 @@ treated the same way. If the converted model still fails on the example input, t
 is returned and the reason recorded, so converting never breaks a model.
 
 Besides the per-layer choice, two things cut what surrounds the kernels: BatchNorm folding and
-ReLU / residual-add fusion on the ``torch.fx`` graph (:mod:`.fusion`), and chains of native
+ReLU / residual-add / pre-activation fusion on the ``torch.fx`` graph (:mod:`.fusion`), and chains of native
 layers in an ``nn.Sequential`` run in one native call (:mod:`.chain`).
 """
 
@@ -33,6 +33,7 @@ from prunelab.export import costmodel, native, timing
 from prunelab.export.chain import install_chains
 from prunelab.export.decide import Budget, decide_layer, verify_model
 from prunelab.export.fusion import fold_batchnorm, fuse_into_sparse
+from prunelab.export.graph import install_graph_runs
 from prunelab.export.modules import SparseConv2d, SparseLinear, conv_supported
 from prunelab.export.permanent import plain_copy
 
@@ -226,7 +227,9 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
             traces with ``torch.fx`` and has a ``Conv2d -> BatchNorm2d`` pair or a convolution
             feeding a residual add (a ResNet block), the copy becomes a ``GraphModule`` (same
             layer names) with each BatchNorm folded into its convolution and, after conversion,
-            a ReLU or residual add that alone follows a native sparse layer computed in its call
+            a ReLU or residual add that alone follows a native sparse layer computed in its call,
+            and a ``BatchNorm2d -> ReLU`` read only by native sparse convolutions (a
+            pre-activation block) applied by them as they pack their input
             (:mod:`prunelab.export.fusion`; ``sparse_report["graph_fusion"]`` lists them).
         verify: time the whole model and fall back to dense if the sparse copy is not faster.
         block: samples per block of the native kernel (0: its default).
@@ -235,7 +238,10 @@ def to_sparse(model: nn.Module, batch_size: int = 64, threads: int | None = None
             Identity/Flatten/Dropout between them) in one native call
             (:class:`~prunelab.export.chain.SparseSequential`, which replaces that Sequential,
             the root included; ``sparse_report["chains"]`` names them): batch-1 latency then
-            pays one Python and ``ctypes`` call per chain instead of one per layer.
+            pays one Python and ``ctypes`` call per chain instead of one per layer. In a traced
+            graph module, each run of native sparse convolutions reading one outside tensor (a
+            ResNet's trunk, residual adds included) likewise becomes one
+            :class:`~prunelab.export.graph.SparseGraphRun` (``sparse_report["graph_runs"]``).
 
     Returns:
         The converted copy, in eval mode, with ``model.sparse_report`` (dict): per layer its
@@ -336,6 +342,8 @@ def _to_sparse(model, batch_size, threads, policy, backends, input_shape, exampl
             report["layers"].append(entry)
         if isinstance(sparse, torch.fx.GraphModule):
             report["graph_fusion"] = {"folded_batchnorm": folded, **fuse_into_sparse(sparse)}
+            if chain:
+                report["graph_runs"] = install_graph_runs(sparse)
         if chain:
             sparse, report["chains"] = install_chains(sparse)
         failure = _check_runs(sparse, report, batch_size, input_shape, example_input)
@@ -345,6 +353,7 @@ def _to_sparse(model, batch_size, threads, policy, backends, input_shape, exampl
                 e["choice"] = "dense"
             sparse, report["chains"] = dense, {}
             report.pop("graph_fusion", None)
+            report.pop("graph_runs", None)
             warnings.warn(f"to_sparse: {failure}; returning the dense copy", stacklevel=3)
         if policy in ("auto", "measure") and verify and any(e["choice"] != "dense" for e in report["layers"]):
             example = _example(sparse, batch_size, input_shape, example_input)
@@ -368,6 +377,7 @@ def _to_sparse(model, batch_size, threads, policy, backends, input_shape, exampl
                     e["choice"] = "dense"
                 sparse, report["chains"] = dense, {}
                 report.pop("graph_fusion", None)
+                report.pop("graph_runs", None)
     report["left_dense"] = {e["name"]: _dense_reason(e, report) for e in report["layers"] if e["choice"] == "dense"}
     if structural:
         warnings.warn("to_sparse left layers dense: " + "; ".join(f"{n}: {r}" for n, r in structural.items()),

@@ -10,7 +10,10 @@ With ``torch.fx`` the copy's forward becomes a graph, and:
 2. :func:`fuse_into_sparse`, after conversion: a ReLU that is the only user of a native sparse
    layer is applied by the kernel; a residual add that is the only user of a native sparse
    convolution (without a fused ReLU) becomes ``conv(x, residual)``, computed in the same
-   native call (:meth:`SparseConv2d.forward` with ``residual``).
+   native call (:meth:`SparseConv2d.forward` with ``residual``); an eval-mode ``BatchNorm2d ->
+   ReLU`` whose output only native sparse convolutions read (the pre-activation that opens a
+   pre-activation ResNet block, read by ``conv1`` and the shortcut) becomes those convolutions'
+   *prologue* (:meth:`SparseConv2d.set_prologue`), applied while the kernel packs its input.
 
 The folded copy is a ``torch.fx.GraphModule`` with the model's module hierarchy (same layer
 names) and its public attributes; it is used only when there is something to fold or fuse and
@@ -30,7 +33,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from prunelab.export.modules import SparseConv2d, SparseLinear
 
-__all__ = ["fold_batchnorm", "fuse_into_sparse"]
+__all__ = ["fold_batchnorm", "fuse_into_sparse", "batchnorm_affine"]
 
 _ADDS = (operator.add, torch.add)
 _RELUS = (torch.relu, F.relu)
@@ -68,6 +71,38 @@ def _residual_candidate(node: fx.Node, modules: dict) -> bool:
             and _is_add(user) and user.args.count(node) == 1)
 
 
+def _prologue_candidate(node: fx.Node, modules: dict) -> bool:
+    """An eval-mode BatchNorm2d whose only user is a ReLU that only convolutions read."""
+    bn = modules.get(node.target) if node.op == "call_module" else None
+    relu = _sole_user(node)
+    return (type(bn) is nn.BatchNorm2d and not bn.training and bn.running_mean is not None and len(node.args) == 1
+            and not node.kwargs and relu is not None and _is_relu(relu, modules) and bool(relu.users)
+            and all(u.op == "call_module" and isinstance(modules.get(u.target), (nn.Conv2d, SparseConv2d))
+                    and u.args[0] is relu and relu not in u.args[1:] and not u.kwargs for u in relu.users))
+
+
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``bn(x) == x * scale[c] + shift[c]`` in eval mode.
+
+    Args:
+        bn: an eval-mode BatchNorm2d with running statistics.
+
+    Returns:
+        Two float32 tensors of ``bn.num_features`` values.
+
+    Example:
+        >>> scale, shift = batchnorm_affine(block.bn1)
+    """
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.double()
+        shift = -bn.running_mean.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.double()
+    return scale.float(), shift.float()
+
+
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """Trace ``model`` and fold each foldable ``Conv2d -> BatchNorm2d`` pair.
 
@@ -77,7 +112,8 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str]]:
 
     Returns:
         ``(module, folded)``: a ``GraphModule`` and the names of the folded BatchNorm layers when
-        something was folded or a convolution feeds a residual add; else ``(model, [])``.
+        something was folded, a convolution feeds a residual add or a BatchNorm + ReLU feeds only
+        convolutions (a prologue for :func:`fuse_into_sparse`); else ``(model, [])``.
 
     Example:
         >>> folded, names = fold_batchnorm(resnet.eval())
@@ -103,7 +139,8 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str]]:
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
         folded.append(node.target)
-    if not folded and not any(_residual_candidate(n, modules) for n in gm.graph.nodes):
+    if not folded and not any(_residual_candidate(n, modules) or _prologue_candidate(n, modules)
+                              for n in gm.graph.nodes):
         return model, []
     gm.graph.lint()
     gm.recompile()
@@ -120,14 +157,21 @@ def fuse_into_sparse(gm: fx.GraphModule) -> dict[str, list[str]]:
         gm: the graph module from :func:`fold_batchnorm`, after its layers were converted.
 
     Returns:
-        ``{"relu": [layer names], "residual_add": [layer names]}``.
+        ``{"relu": [layer names], "residual_add": [layer names], "dropout_removed": [dropout
+        names], "prologue": [layer names]}`` (an eval-mode ``nn.Dropout`` is removed first).
 
     Example:
         >>> fuse_into_sparse(converted)["residual_add"][:1]
         ['layer1.0.conv2']
     """
     modules = dict(gm.named_modules())
-    fused: dict[str, list[str]] = {"relu": [], "residual_add": []}
+    fused: dict[str, list[str]] = {"relu": [], "residual_add": [], "dropout_removed": []}
+    for node in list(gm.graph.nodes):   # eval-mode dropout is the identity: it only separates layers
+        dropout = modules.get(node.target) if node.op == "call_module" else None
+        if type(dropout) is nn.Dropout and not dropout.training and len(node.args) == 1 and not node.kwargs:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            fused["dropout_removed"].append(node.target)
     for node in list(gm.graph.nodes):
         layer = modules.get(node.target) if node.op == "call_module" else None
         user = _sole_user(node)
@@ -150,6 +194,31 @@ def fuse_into_sparse(gm: fx.GraphModule) -> dict[str, list[str]]:
             gm.graph.erase_node(user)
             gm.graph.erase_node(node)
             fused["residual_add"].append(node.target)
+    fused["prologue"] = _fuse_prologues(gm, modules)
     gm.graph.lint()
     gm.recompile()
     return fused
+
+
+def _fuse_prologues(gm: fx.GraphModule, modules: dict) -> list[str]:
+    """``conv(relu(bn(x)))`` -> ``conv(x)`` with the BatchNorm + ReLU as the convolution's prologue,
+    where every reader of that ReLU is a native sparse convolution called once (a pre-activation
+    block's conv1 and shortcut): BN and ReLU then run while the kernel packs its input instead
+    of as two PyTorch operations. Returns the names of the convolutions given a prologue."""
+    names = []
+    for node in list(gm.graph.nodes):
+        if not _prologue_candidate(node, modules):
+            continue
+        relu = _sole_user(node)
+        convs = [modules[u.target] for u in relu.users]
+        if not all(isinstance(c, SparseConv2d) and c.backend == "native" and c.pro_scale is None
+                   and _calls(gm.graph, u.target) == 1 for c, u in zip(convs, relu.users)):
+            continue
+        scale, shift = batchnorm_affine(modules[node.target])
+        for conv, user in zip(convs, list(relu.users)):
+            conv.set_prologue(scale, shift)
+            names.append(user.target)
+        relu.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(relu)
+        gm.graph.erase_node(node)
+    return names

@@ -5,13 +5,20 @@ batch-innermost layout, in the spirit of Park et al. 2017, "Faster CNNs with Dir
 Convolutions and Guided Pruning" (arXiv:1608.01409), instead of im2col + CSR:
 
 1. pack: ``xp[c, hp, wp, b] = x[b, c, hp - pad_top, wp - pad_left]`` (zero outside) for a block of
-   up to ``block`` samples; for a Linear layer this is a plain transpose ``x^T`` (in, batch).
+   up to ``block`` samples; for a Linear layer this is a plain transpose ``x^T`` (in, batch). A
+   convolution with a *prologue* (the pre-activation BatchNorm + ReLU that ``to_sparse`` fuses in)
+   packs ``relu(x * scale[c] + shift[c])`` instead, padding still zero.
 2. compute: for every output channel ``o`` and output row ``oh``, ``out[o, oh, :, :] = bias[o] +
    sum_p val[p] * xp[tap_p + oh*sh*Wp*nb ...]`` where each non-zero ``p`` of row ``o`` of the CSR
    weight ``W.reshape(O, C*KH*KW)`` is one *tap* offset ``(c*Hp + kh*dh)*Wp + kw*dw``. With stride 1
    along the width, the ``Wo * nb`` outputs of one row read ``Wo * nb`` contiguous inputs, so each
    non-zero is one long vector FMA (an implicit im2col row, never materialised). A Linear layer
    is the 1x1 case: ``y^T[o, :] = sum_p val[p] * x^T[col_p, :]``.
+   Small outputs (a 4x4 or 8x8 output at batch 1, where the ``Wp - Wo`` padding pixels of each
+   row would be up to half the lanes) use *shift mode*: the packed input is copied once per
+   kernel column offset with rows of ``Wo`` pixels, so every non-zero reads ``Ho * Wo * nb``
+   contiguous lanes with no junk, and the input channels are worked through in segments whose
+   copies fit in L1 (the non-zeros stored again in segment order).
 3. unpack: transpose back to ``(batch, O, Ho, Wo)``, with bias and ReLU already applied.
 
 The accumulation order differs from a dense GEMM, so results agree with PyTorch's to float32
@@ -57,7 +64,8 @@ __all__ = ["load", "get", "status", "reset", "kernel_source", "DESCRIPTOR_FIELDS
 
 #: Order of the int64 fields of a layer descriptor (``enum`` in the C source).
 DESCRIPTOR_FIELDS = ("C", "H", "W", "O", "HO", "WO", "KH", "KW", "SH", "SW", "PT", "PL", "DH", "DW",
-                     "ROWPTR", "TAPS", "VAL", "BIAS", "RELU", "BLOCK", "POOL", "POOL_CEIL")
+                     "ROWPTR", "TAPS", "VAL", "BIAS", "RELU", "BLOCK", "POOL", "POOL_CEIL", "PRO_SCALE",
+                     "PRO_SHIFT", "TAPS2", "SEG", "NSEG", "VAL2")
 #: The C sources, joined in this order into one translation unit.
 SOURCES = ("sparse_layout.c", "sparse_kernel.c")
 
@@ -164,6 +172,9 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.pl_sparse_forward_add.restype = ctypes.c_int
     lib.pl_sparse_forward_add.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                           ctypes.c_int64, ctypes.c_void_p]
+    lib.pl_graph_forward.restype = ctypes.c_int
+    lib.pl_graph_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                     ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     lib.pl_descriptor_length.restype = ctypes.c_int
     lib.pl_openmp.restype = ctypes.c_int
     if lib.pl_descriptor_length() != len(DESCRIPTOR_FIELDS):
@@ -178,7 +189,9 @@ def load() -> ctypes.CDLL | None:
         A ``ctypes.CDLL`` exposing ``pl_sparse_forward(descriptor, batch, x, y, threads)`` and
         ``pl_chain_forward(steps, n, batch, x, y, threads, max_elems)`` (``n`` layers in one call,
         ``steps`` their descriptors' addresses) and ``pl_sparse_forward_add(descriptor, batch, x,
-        y, threads, residual)`` (``y = layer(x) + residual``), or ``None``
+        y, threads, residual)`` (``y = layer(x) + residual``) and ``pl_graph_forward(prog, n, batch,
+        x, y, threads, nbufs, buf_elems)`` (a graph of layers with residual adds, see
+        :mod:`prunelab.export.graph`), or ``None``
         (no compiler, failed build, non-x86/ARM oddities, or ``PRUNELAB_NATIVE=0``); the reason
         is in :func:`status`.
     """

@@ -3,7 +3,8 @@
 
 /* Layer descriptor: int64 fields in this order (pointers stored as integers). */
 enum { D_C, D_H, D_W, D_O, D_HO, D_WO, D_KH, D_KW, D_SH, D_SW, D_PT, D_PL, D_DH, D_DW,
-       D_ROWPTR, D_TAPS, D_VAL, D_BIAS, D_RELU, D_BLOCK, D_POOL, D_POOL_CEIL, D_LEN };
+       D_ROWPTR, D_TAPS, D_VAL, D_BIAS, D_RELU, D_BLOCK, D_POOL, D_POOL_CEIL, D_PRO_SCALE, D_PRO_SHIFT,
+       D_TAPS2, D_SEG, D_NSEG, D_VAL2, D_LEN };
 
 #define CHUNK 64   /* lanes of one tile: 8 vectors of 8 floats, all held in registers */
 
@@ -33,6 +34,12 @@ static layer_t layer_of(const int64_t* d) {
   L.relu = (int)d[D_RELU];
   L.pool = d[D_POOL] > 1 ? d[D_POOL] : 1;
   L.pool_ceil = (int)d[D_POOL_CEIL];
+  L.pro_scale = (const float*)(intptr_t)d[D_PRO_SCALE];
+  L.pro_shift = (const float*)(intptr_t)d[D_PRO_SHIFT];
+  L.taps2 = (const int32_t*)(intptr_t)d[D_TAPS2];
+  L.seg = (const int32_t*)(intptr_t)d[D_SEG];
+  L.nseg = L.seg ? d[D_NSEG] : 1;
+  L.val2 = (const float*)(intptr_t)d[D_VAL2];
   /* samples per block: a Linear layer reads each input once per output channel, so a wide
      block (64 lanes per load) pays; a convolution keeps its block small so that the input rows
      a tile reads (C x KH rows x a few pixels x nb) stay in L2 for all output channels */
@@ -46,11 +53,14 @@ static layer_t layer_of(const int64_t* d) {
    otherwise bound a short tile. nv is a constant after inlining, so a[][] lives in registers. */
 static inline __attribute__((always_inline)) void tile(const int nv, const float* in, int64_t nb,
                                                       const int32_t* tap, const float* val, int64_t n,
-                                                      float b, int relu, float* out) {
+                                                      float b, int relu, float* out, int acc) {
   const int S = nv <= 2 ? 4 : nv <= 4 ? 2 : 1;
   v8 a[4][8];
   for (int s = 0; s < S; ++s)
-    for (int q = 0; q < nv; ++q) { a[s][q] = (v8){0}; if (s == 0) a[s][q] += b; }
+    for (int q = 0; q < nv; ++q) {
+      a[s][q] = (v8){0};
+      if (s == 0) a[s][q] += acc ? load8(out + 8 * q) : (v8){0} + b;
+    }
   int64_t p = 0;
   for (; p + S <= n; p += S)
     for (int s = 0; s < S; ++s) {
@@ -69,17 +79,18 @@ static inline __attribute__((always_inline)) void tile(const int nv, const float
   }
 }
 
+/* acc: add to what out holds (a later input-channel segment) instead of starting from b */
 static void tile_any(int nv, const float* in, int64_t nb, const int32_t* tap, const float* val, int64_t n,
-                     float b, int relu, float* out) {
+                     float b, int relu, float* out, int acc) {
   switch (nv) {
-    case 8: tile(8, in, nb, tap, val, n, b, relu, out); break;
-    case 7: tile(7, in, nb, tap, val, n, b, relu, out); break;
-    case 6: tile(6, in, nb, tap, val, n, b, relu, out); break;
-    case 5: tile(5, in, nb, tap, val, n, b, relu, out); break;
-    case 4: tile(4, in, nb, tap, val, n, b, relu, out); break;
-    case 3: tile(3, in, nb, tap, val, n, b, relu, out); break;
-    case 2: tile(2, in, nb, tap, val, n, b, relu, out); break;
-    default: tile(1, in, nb, tap, val, n, b, relu, out); break;
+    case 8: tile(8, in, nb, tap, val, n, b, relu, out, acc); break;
+    case 7: tile(7, in, nb, tap, val, n, b, relu, out, acc); break;
+    case 6: tile(6, in, nb, tap, val, n, b, relu, out, acc); break;
+    case 5: tile(5, in, nb, tap, val, n, b, relu, out, acc); break;
+    case 4: tile(4, in, nb, tap, val, n, b, relu, out, acc); break;
+    case 3: tile(3, in, nb, tap, val, n, b, relu, out, acc); break;
+    case 2: tile(2, in, nb, tap, val, n, b, relu, out, acc); break;
+    default: tile(1, in, nb, tap, val, n, b, relu, out, acc); break;
   }
 }
 
@@ -133,26 +144,37 @@ static void dot_rows(const layer_t* L, const float* in, int64_t o0, int64_t o1, 
 }
 
 /* How one block of nb samples is cut into tiles. Row mode: every output row holds Wo * nb lanes
-   (a multiple of 8, at least 32), read from the packed row oh * Wq; the output buffer holds
-   (O, Ho, Wo, nb). Wide mode (short rows): with every stride 1 in phase space, output pixel
-   (oh, ow) reads packed pixel (oh * Wq + ow) + tap, so one run of ((Ho-1) * Wq + Wo) * nb lanes
-   covers the channel; the Wq - Wo junk pixels per row are computed and dropped (buffer pitch
-   Wq). Dot mode: one lane (Linear at batch 1). */
+   (a multiple of 8, at least 32, or 16 where shift mode does not apply), read from the packed
+   row oh * Wq; the output buffer holds (O, Ho, Wo, nb). Wide mode (short rows): with every
+   stride 1 in phase space, output pixel (oh, ow) reads packed pixel (oh * Wq + ow) + tap, so one
+   run of ((Ho-1) * Wq + Wo) * nb lanes covers the channel; the Wq - Wo junk pixels per row are
+   computed and dropped (buffer pitch Wq). Shift mode (where wide mode's junk would be at least a
+   fifth more lanes, and the layer has shift taps): one run of Ho * Wo * nb lanes over
+   shift_copy's input (buffer pitch Wo). Dot mode: one lane (Linear at batch 1). */
 typedef struct {
-  int mode;                      /* 0 row, 1 wide, 2 dot */
+  int mode;                      /* 0 row, 1 wide, 2 dot, 3 shift */
   int64_t pitch, row_chunks, tiles, out_len;
 } plan_t;
 
 static plan_t plan_of(const layer_t* L, int64_t nb) {
   plan_t P;
   const int64_t row = L->Wo * nb;
-  if (L->Ho * L->Wo == 1 && nb == 1) {
+  const int64_t lanes = (((L->Ho - 1) * L->Wq + L->Wo) * nb + 7) & ~(int64_t)7;
+  const int64_t tight = (L->Ho * L->Wo * nb + 7) & ~(int64_t)7;
+  const int shift = L->taps2 && 5 * lanes >= 6 * tight;
+  /* dot mode reads x itself at the taps: only where the packed layout is x's (no padding, no
+     stride phases, the kernel covering the whole input) and no prologue has to be applied */
+  if (L->Ho * L->Wo == 1 && nb == 1 && !L->pro_scale && L->pt == 0 && L->pl == 0 && L->sh == 1 && L->sw == 1
+      && L->Hp == L->H && L->Wp == L->W) {
     P.mode = 2; P.pitch = 1; P.row_chunks = 1; P.tiles = 1; P.out_len = 1;
-  } else if (row % 8 == 0 && row >= 32) {
+  } else if (row % 8 == 0 && (row >= 32 || (row >= 16 && !shift))) {
+    /* rows of 16 lanes (a 16x16 output at batch 1) measured about 8 % faster than wide mode:
+       a tile's input rows stay in L1 */
     P.mode = 0; P.pitch = L->Wo; P.row_chunks = (row + CHUNK - 1) / CHUNK;
     P.tiles = L->Ho * P.row_chunks; P.out_len = L->Ho * row;
+  } else if (shift) {
+    P.mode = 3; P.pitch = L->Wo; P.row_chunks = 1; P.tiles = (tight + CHUNK - 1) / CHUNK; P.out_len = tight;
   } else {
-    const int64_t lanes = (((L->Ho - 1) * L->Wq + L->Wo) * nb + 7) & ~(int64_t)7;
     P.mode = 1; P.pitch = L->Wq; P.row_chunks = 1; P.tiles = (lanes + CHUNK - 1) / CHUNK;
     P.out_len = lanes > L->Ho * L->Wq * nb ? lanes : L->Ho * L->Wq * nb;
   }
@@ -169,15 +191,28 @@ static void run_tile(const layer_t* L, const plan_t* P, const float* in, int64_t
     in_off = oh * L->Wq * nb + j; out_off = oh * row + j;
     lanes = row - j < CHUNK ? row - j : CHUNK;
   } else {
-    const int64_t total = (((L->Ho - 1) * L->Wq + L->Wo) * nb + 7) & ~(int64_t)7;
+    const int64_t total = P->mode == 3 ? P->out_len : (((L->Ho - 1) * L->Wq + L->Wo) * nb + 7) & ~(int64_t)7;
     in_off = out_off = t * CHUNK;
     lanes = total - t * CHUNK < CHUNK ? total - t * CHUNK : CHUNK;
   }
   const int nv = (int)((lanes + 7) / 8);
+  if (P->mode == 3 && L->seg) {
+    /* input channels in segments whose shifted copies fit in L1, each segment for every output
+       channel before the next; taps2 and val2 hold the non-zeros in that order (segment, row),
+       seg[k * O + o] the first of segment k of row o, so the weights still stream in order */
+    const int64_t K = L->nseg;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t o = o0; o < o1; ++o) {
+        const int64_t start = L->seg[k * L->O + o], n = L->seg[k * L->O + o + 1] - start;
+        tile_any(nv, in + in_off, nb, L->taps2 + start, L->val2 + start, n, L->bias ? L->bias[o] : 0.f,
+                 L->relu && k == K - 1, ob + o * P->out_len + out_off, k > 0);
+      }
+    return;
+  }
   for (int64_t o = o0; o < o1; ++o) {
     const int64_t start = L->rowptr[o];
-    tile_any(nv, in + in_off, nb, L->taps + start, L->val + start, L->rowptr[o + 1] - start,
-             L->bias ? L->bias[o] : 0.f, L->relu, ob + o * P->out_len + out_off);
+    tile_any(nv, in + in_off, nb, (P->mode == 3 ? L->taps2 : L->taps) + start, L->val + start,
+             L->rowptr[o + 1] - start, L->bias ? L->bias[o] : 0.f, L->relu, ob + o * P->out_len + out_off, 0);
   }
 }
 
@@ -218,14 +253,28 @@ static inline int direct_out(const layer_t* L, const plan_t* P, int64_t nb) {
   return nb == 1 && L->pool == 1 && P->out_len == L->Ho * L->Wo;
 }
 
+/* Floats of one block's packed input buffer: the packed input, and shift mode's copy of it. */
+static inline size_t packed_len(const layer_t* L, int64_t nb) {
+  return (size_t)(packed_pixels(L) * nb + SLACK + (L->taps2 ? shifted_len(L, nb) + SLACK : 0));
+}
+
+/* What the tiles read for nb samples starting at x: x itself (dot mode), or the packed input
+   (shift mode: its shifted copy, after the packed input in xp). */
+static const float* pack_input(const layer_t* L, const plan_t* P, const float* x, int64_t nb, float* xp, float* tmp) {
+  if (P->mode == 2) return x;
+  pack(L, x, nb, xp, tmp);
+  if (P->mode != 3) return xp;
+  float* xs = xp + packed_pixels(L) * nb + SLACK;
+  shift_copy(L, xp, nb, xs);
+  return xs;
+}
+
 /* Pack, compute and unpack samples [b0, b0 + nb) on the calling thread alone. */
 static void run_block(const layer_t* L, const float* x, int64_t b0, int64_t nb, float* xp, float* ob,
                       float* tmp, float* pooled, float* y) {
   const plan_t P = plan_of(L, nb);
   const int64_t chw = L->C * L->H * L->W, oy = out_per_sample(L);
-  const float* in = xp;
-  if (P.mode == 2) in = x + b0 * chw;
-  else pack(L, x + b0 * chw, nb, xp, tmp);
+  const float* in = pack_input(L, &P, x + b0 * chw, nb, xp, tmp);
   float* out = direct_out(L, &P, nb) ? y + b0 * oy : ob;
   for (int64_t t = 0; t < P.tiles; ++t) run_tile(L, &P, in, nb, t, 0, L->O, out);
   if (out == ob) unpack(L, &P, ob, nb, 0, L->O, pooled, y + b0 * oy);
@@ -241,8 +290,12 @@ int pl_sparse_forward(const int64_t* d, int64_t batch, const float* x, float* y,
   const int64_t nblocks = (batch + nb_max - 1) / nb_max;
   const int nt = nthreads > 1 ? (int)nthreads : 1;
   const plan_t Pm = plan_of(&L, nb_max);
-  const size_t xp_len = (size_t)(packed_pixels(&L) * nb_max + SLACK);
-  const size_t ob_len = (size_t)(L.O * Pm.out_len + SLACK), tmp_len = (size_t)(L.W * nb_max + SLACK);
+  const size_t xp_len = packed_len(&L, nb_max);
+  /* a smaller last block may take another mode: room for the widest (wide mode's) layout */
+  const int64_t wide_lanes = (((L.Ho - 1) * L.Wq + L.Wo) * nb_max + 7) & ~(int64_t)7;
+  const int64_t wide_len = wide_lanes > L.Ho * L.Wq * nb_max ? wide_lanes : L.Ho * L.Wq * nb_max;
+  const size_t ob_len = (size_t)(L.O * (Pm.out_len > wide_len ? Pm.out_len : wide_len) + SLACK);
+  const size_t tmp_len = (size_t)(L.W * nb_max + SLACK);
   const size_t pool_len = (size_t)(L.Ho * L.Wo * nb_max + SLACK);
   const size_t per_thread = xp_len + ob_len + tmp_len + pool_len;
   int status = 0;
@@ -271,9 +324,7 @@ int pl_sparse_forward(const int64_t* d, int64_t batch, const float* x, float* y,
   for (int64_t b0 = 0; b0 < batch && !status; b0 += nb_max) {
     const int64_t nb = batch - b0 < nb_max ? batch - b0 : nb_max;
     const plan_t P = plan_of(&L, nb);
-    const float* in = xp;
-    if (P.mode == 2) in = x + b0 * chw;
-    else pack(&L, x + b0 * chw, nb, xp, tmp);
+    const float* in = pack_input(&L, &P, x + b0 * chw, nb, xp, tmp);
     float* out = direct_out(&L, &P, nb) ? y + b0 * oy : ob;
     /* split output channels too when there are few tiles, so that every thread has work */
     const int64_t osplit = nt > 1 && P.tiles < 4 * nt ? nt : 1;
@@ -339,4 +390,37 @@ int pl_sparse_forward_add(const int64_t* d, int64_t batch, const float* x, float
   const int64_t n = batch * out_per_sample(&L);
   for (int64_t i = 0; i < n; ++i) y[i] += res[i];
   return 0;
+}
+
+/* A graph of layers in one call (a ResNet's residual trunk at batch 1): prog holds 4 int64 per
+   step, (descriptor address, input slot, residual slot or -1, output slot); slot 0 is x, 1 is y,
+   2 + b is work buffer b of batch * buf_elems[b] floats. Each step computes out = layer(in)
+   (+ residual), exactly as pl_sparse_forward_add. Returns 0 on success, 1 when out of memory. */
+int pl_graph_forward(const int64_t* prog, int64_t nsteps, int64_t batch, const float* x, float* y,
+                     int64_t nthreads, int64_t nbufs, const int64_t* buf_elems) {
+  if (nsteps <= 0 || batch <= 0) return 0;
+  if (nbufs > 64) return 1;
+  /* one allocation per buffer, not one arena: at batch 64 an arena passes glibc's largest mmap
+     threshold (32 MB) and would be mapped and faulted in again at every call */
+  float* slots[66] = {(float*)x, y};
+  int status = 0;
+  for (int64_t b = 0; b < nbufs && !status; ++b) {
+    void* mem = NULL;
+    if (posix_memalign(&mem, 64, sizeof(float) * (size_t)(batch * buf_elems[b] + SLACK))) status = 1;
+    slots[2 + b] = (float*)mem;
+  }
+  for (int64_t i = 0; i < nsteps && !status; ++i) {
+    const int64_t* s = prog + 4 * i;
+    const int64_t* d = (const int64_t*)(intptr_t)s[0];
+    float* out = slots[s[3]];
+    status = pl_sparse_forward(d, batch, slots[s[1]], out, nthreads);
+    if (!status && s[2] >= 0) {
+      const layer_t L = layer_of(d);
+      const float* res = slots[s[2]];
+      const int64_t n = batch * out_per_sample(&L);
+      for (int64_t j = 0; j < n; ++j) out[j] += res[j];
+    }
+  }
+  for (int64_t b = 0; b < nbufs; ++b) free(slots[2 + b]);
+  return status;
 }

@@ -28,6 +28,12 @@ typedef struct {
   const int32_t* taps;
   const float* val;
   const float* bias;
+  const int32_t* taps2;          /* taps into the shifted copy (shift mode), or NULL */
+  const int32_t* seg;            /* shift mode: starts of (input-channel segment, row), or NULL */
+  const float* val2;             /* with seg: the values in (segment, row) order */
+  int64_t nseg;
+  const float* pro_scale;        /* prologue: the input is relu(x * scale[c] + shift[c]) when set */
+  const float* pro_shift;
   int relu, pool_ceil;
   int64_t pool, block;
 } layer_t;
@@ -82,6 +88,13 @@ static void transpose2d(const float* src, int64_t rows, int64_t cols, int64_t sr
     for (int64_t r = rfull; r < rows; ++r) dst[c * dst_ld + r] = src[r * src_ld + c];
 }
 
+/* n values of input channel c in place: v = relu(v * scale[c] + shift[c]) (the pre-activation
+   BatchNorm + ReLU of the layer's input, fused into packing; padding stays zero). NaN stays NaN. */
+static inline void prologue(const layer_t* L, int64_t c, float* v, int64_t n) {
+  const float s = L->pro_scale[c], t = L->pro_shift[c];
+  for (int64_t i = 0; i < n; ++i) { const float a = v[i] * s + t; v[i] = a < 0.f ? 0.f : a; }
+}
+
 static inline int64_t packed_pixels(const layer_t* L) { return L->C * L->sh * L->sw * L->Hq * L->Wq; }
 
 /* Pack nb samples (x: the first one's (C, H, W)) into xp[c][ph][pw][hq][wq][b], the zero-padded
@@ -92,6 +105,23 @@ static void pack(const layer_t* L, const float* x, int64_t nb, float* xp, float*
   const int64_t chw = L->C * L->H * L->W, total = packed_pixels(L) * nb;
   if (L->pt == 0 && L->pl == 0 && L->sh == 1 && L->sw == 1 && L->Hp == L->H && L->Wp == L->W) {
     transpose2d(x, nb, chw, chw, xp, nb);
+    if (L->pro_scale)
+      for (int64_t c = 0; c < L->C; ++c) prologue(L, c, xp + c * L->H * L->W * nb, L->H * L->W * nb);
+  } else if (L->sh == 1 && L->sw == 1) {
+    /* stride 1 (one phase): zero only the padding around each row, not the whole buffer (a
+       ResNet's 64 x 34 x 34 padded input is 300 KB to clear otherwise) */
+    const int64_t w_hi = L->W < L->Wp - L->pl ? (L->W > 0 ? L->W : 0) : (L->Wp - L->pl > 0 ? L->Wp - L->pl : 0);
+    const int64_t lead = L->pl < L->Wp ? L->pl : L->Wp, rowlen = L->Wp * nb;
+    for (int64_t c = 0; c < L->C; ++c)
+      for (int64_t hp = 0; hp < L->Hp; ++hp) {
+        const int64_t h = hp - L->pt;
+        float* row = xp + (c * L->Hp + hp) * rowlen;
+        if (h < 0 || h >= L->H || w_hi == 0) { memset(row, 0, sizeof(float) * rowlen); continue; }
+        memset(row, 0, sizeof(float) * lead * nb);
+        transpose2d(x + (c * L->H + h) * L->W, nb, w_hi, chw, row + lead * nb, nb);
+        if (L->pro_scale) prologue(L, c, row + lead * nb, w_hi * nb);
+        memset(row + (lead + w_hi) * nb, 0, sizeof(float) * (rowlen - (lead + w_hi) * nb));
+      }
   } else {
     memset(xp, 0, sizeof(float) * total);
     /* phases no weight reads (a 1x1 stride-2 shortcut reads only phase (0, 0)) stay zero */
@@ -108,6 +138,7 @@ static void pack(const layer_t* L, const float* x, int64_t nb, float* xp, float*
         float* plane = xp + ((c * L->sh + hp % L->sh) * L->sw * L->Hq + hp / L->sh) * L->Wq * nb;
         if (L->sw == 1) {
           transpose2d(src, nb, w_hi, chw, plane + L->pl * nb, nb);
+          if (L->pro_scale) prologue(L, c, plane + L->pl * nb, w_hi * nb);
           continue;
         }
         const float* row = src;
@@ -115,7 +146,11 @@ static void pack(const layer_t* L, const float* x, int64_t nb, float* xp, float*
         if (nb > 1) {   /* a row at a time, then each pixel's nb values to its phase */
           transpose2d(src, nb, w_hi, chw, tmp, nb);
           row = tmp; ld = nb;
+        } else if (L->pro_scale) {
+          memcpy(tmp, src, sizeof(float) * w_hi);
+          row = tmp;
         }
+        if (L->pro_scale) prologue(L, c, tmp, w_hi * nb);
         /* phase by phase: no division per pixel */
         for (int64_t px = 0; px < L->sw; ++px) {
           if (L->sw <= 64 && !((cols_read >> px) & 1)) continue;
@@ -127,6 +162,28 @@ static void pack(const layer_t* L, const float* x, int64_t nb, float* xp, float*
       }
   }
   memset(xp + total, 0, sizeof(float) * SLACK);
+}
+
+/* Shift mode's copy of the packed input: for each phase plane g (channel, phase) and column
+   offset q < J of the kernel (in phase space), xs[g][q][hq][wo][b] = xp[g][hq][wo + q][b] for
+   wo < Wo (a channel's copies stay together, as its weights do). Output pixel (oh, ow) then
+   reads xs at tap2 + (oh * Wo + ow) * nb for every weight: one run of Ho * Wo * nb lanes per
+   channel with no junk pixels (wide mode computes Wq - Wo junk pixels per row, half the work
+   for a 4x4 output with a 3x3 kernel). */
+static inline int64_t shift_count(const layer_t* L) { return (L->KW - 1) * L->dw / L->sw + 1; }
+static inline int64_t shifted_len(const layer_t* L, int64_t nb) {
+  return shift_count(L) * L->C * L->sh * L->sw * L->Hq * L->Wo * nb;
+}
+static void shift_copy(const layer_t* L, const float* xp, int64_t nb, float* xs) {
+  const int64_t planes = L->C * L->sh * L->sw, J = shift_count(L), n = L->Wo * nb;
+  float* dst = xs;
+  for (int64_t g = 0; g < planes; ++g)
+    for (int64_t q = 0; q < J; ++q)
+      for (int64_t hq = 0; hq < L->Hq; ++hq, dst += n) {
+        const float* src = xp + ((g * L->Hq + hq) * L->Wq + q) * nb;
+        for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+      }
+  memset(dst, 0, sizeof(float) * SLACK);
 }
 
 /* k x k max pooling with stride k (no padding) of one channel held as (Ho, pitch, nb), the
