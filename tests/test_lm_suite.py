@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -12,7 +13,7 @@ from prunelab.errors import ConfigError
 from prunelab.harness import suites
 from prunelab.harness.runner import dense_key
 from prunelab.reproductions.lm import claims
-from prunelab.reproductions.lm.protocol import QUICK
+from prunelab.reproductions.lm.protocol import GRDA, QUICK
 from prunelab.reproductions.lm.suite import OVERRIDES_ENV, lm_specs
 
 
@@ -53,18 +54,21 @@ def test_lm_specs_counts_and_contents():
 
 def test_lm_quick_specs_and_overrides():
     specs = lm_specs(QUICK)
-    assert len(specs) == 13
+    assert len(specs) == 10
     assert [s.method for s in specs] == ["magnitude", "hard-threshold", "feta", "sparsegpt", "sparsegpt", "wanda",
-                                         "wanda", "os", "sap", "gmp", "ltp", "grda", "magnitude"]
-    assert {s.data_kwargs["max_bytes"] for s in specs} == {262_144}
+                                         "os", "sap", "gmp", "ltp"]
+    assert [s.hparams.get("pattern") for s in specs if s.method in ("sparsegpt", "wanda")] == [None, "2:4", None]
+    # lm's corpus and dense recipe: one dense cache entry serves both suites.
+    assert {s.data_kwargs["max_bytes"] for s in specs} == {524_288}
+    assert {json.dumps(s.dense, sort_keys=True) for s in specs} == {json.dumps(lm_specs()[0].dense, sort_keys=True)}
     assert [s.hparams["rounds"] for s in specs if s.method in ("os", "sap")] == [2, 2]
-    assert [(s.dense["epochs"], s.hparams.get("epochs")) for s in specs if s.dense["optimizer"] == "sgd"] == [(6, 7), (6, None)]
+    assert [s.hparams.get("penalty_weight") for s in specs if s.method == "ltp"] == [10.0]
+    assert all(s.dense["optimizer"] == "adamw" for s in specs)   # no gRDA family
     two = lm_specs(QUICK, seeds=(0, 1), data_kwargs={"max_bytes": 5000}, model_kwargs={"width": 32},
                    dense={"epochs": 1}, retrain={"epochs": 2}, calib_size=4, targets=(0.5,))
-    assert len(two) == 2 * 13 and [s.seed for s in two].count(1) == 13
+    assert len(two) == 2 * 10 and [s.seed for s in two].count(1) == 10
     assert {s.data_kwargs["max_bytes"] for s in two} == {5000} and {s.data_kwargs["context"] for s in two} == {128}
     assert {s.model_kwargs["width"] for s in two} == {32}
-    assert {s.hparams["epochs"] for s in two if s.method == "grda"} == {3}
     assert {s.target for s in two if s.method in ("os", "gmp", "feta")} == {0.5}
     assert {s.hparams["seed"] for s in two if s.method == "feta"} == {0, 1}
     with pytest.raises(ConfigError, match="targets"):
@@ -72,7 +76,7 @@ def test_lm_quick_specs_and_overrides():
 
 
 def test_registered_suites_read_overrides(monkeypatch):
-    assert len(suites.get_suite("lm")) == 45 and len(suites.get_suite("lm-quick")) == 13
+    assert len(suites.get_suite("lm")) == 45 and len(suites.get_suite("lm-quick")) == 10
     monkeypatch.setenv(OVERRIDES_ENV, json.dumps({"dense": {"epochs": 1}, "seeds": [3]}))
     suite = suites.get_suite("lm-quick")
     assert {s.seed for s in suite.specs} == {3} and {s.dense["epochs"] for s in suite.specs} == {1}
@@ -179,7 +183,8 @@ def test_lm_quick_smoke_runs_and_reports(tmp_path):
     words = ["def", "return", "self", "import", "class", "for", "in", "if", "x", "(", "):", "\n", "    "]
     for i in range(6):
         (data_dir / f"m{i}.py").write_text(" ".join(words[(i * 7 + j * j) % len(words)] for j in range(400)))
-    specs = lm_specs(QUICK, data_kwargs={"context": 16, "max_bytes": 4000, "eval_bytes": 800},
+    with_grda = dataclasses.replace(QUICK, grda=dataclasses.replace(GRDA, magnitude_targets=(0.9,)))
+    specs = lm_specs(with_grda, data_kwargs={"context": 16, "max_bytes": 4000, "eval_bytes": 800},
                      model_kwargs={"layers": 1, "width": 16, "heads": 2}, dense={"epochs": 1}, calib_size=8)
     keep = {("magnitude", False, "adamw"), ("sparsegpt", True, "adamw"), ("os", False, "adamw"),
             ("gmp", False, "adamw"), ("grda", False, "sgd"), ("magnitude", False, "sgd")}
