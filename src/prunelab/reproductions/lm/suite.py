@@ -13,8 +13,8 @@ bytes, context 128; ``--data-dir DIR`` reads the text files under DIR instead) a
 * gRDA trained from initialisation with plain SGD + its threshold for dense + retraining epochs,
   and its baseline SGD + magnitude (the same SGD recipe, global magnitude, one retraining epoch).
 
-Budgets and time: :mod:`~prunelab.reproductions.lm.protocol`. ``lm-quick`` is the same pipeline at
-a smaller scale. The suites' report (:func:`write_lm_report`, also ``python -m
+Budgets and time: :mod:`~prunelab.reproductions.lm.protocol`. ``lm-quick`` is the same pipeline on
+fewer methods and targets (90 % and SparseGPT's 2:4, no gRDA family), from the same dense model. The suites' report (:func:`write_lm_report`, also ``python -m
 prunelab.reproductions.lm OUTDIR``) gives the dense model beside an order-2 byte n-gram, the table
 of test bits per byte, the figures and the verdicts of four claims.
 
@@ -192,5 +192,5 @@ def lm_suite(dataset: str | None = None) -> Suite:
 
 @register_suite("lm-quick")
 def lm_quick_suite(dataset: str | None = None) -> Suite:
-    """The ``lm`` pipeline at a smaller scale: 90 % and 2:4, a method or two per family (~7 min on 2 threads)."""
+    """The ``lm`` pipeline on fewer methods: 90 % and SparseGPT's 2:4, no gRDA family (~9 min on 2 threads)."""
     return suite_for(QUICK, dataset)
