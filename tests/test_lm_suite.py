@@ -214,3 +214,9 @@ def test_lm_quick_smoke_runs_and_reports(tmp_path):
     assert [c["verdict"] for c in verdicts][0] == claims.UNCLEAR    # no FeTa / hard thresholding run here
     assert [c["verdict"] for c in verdicts][2] == claims.UNCLEAR    # no LTP run here
     assert (out / "lm" / "ngram.json").is_file()
+    # Runs and the report say exactly which text they used.
+    from prunelab import data as data_mod
+    manifest = data_mod.load("text", data_dir=str(data_dir), context=16, max_bytes=4000,
+                             eval_bytes=800).info["tokens"]["manifest_hash"]
+    assert {r.info["data_tokens"]["manifest_hash"] for r in report.results} == {manifest}
+    assert f"manifest SHA-256 {manifest[:16]}" in text

@@ -263,6 +263,10 @@ def run(spec: RunSpec, store, *, dataset=None, data_dir=None, log: Callable[[str
     metrics["time_total"] = sum(v for k, v in phase_times.items() if k != "dense_train")
     info.update(counted=s.get("counted"), dense_path=dense_info["path"], data_source=getattr(dataset, "source", None),
                 device=str(device or "cpu"), **_provenance())
+    tokens = (getattr(dataset, "info", None) or {}).get("tokens")
+    if tokens:  # token data say exactly which text they are (the manifest's hash and the bytes per split)
+        info["data_tokens"] = {k: tokens[k] for k in ("manifest_hash", "bytes", "root", "split", "python", "unit")
+                               if k in tokens}
     result = RunResult(spec=spec, hash=spec.hash, family=family, metrics=metrics, phase_times=phase_times,
                        dense_cached=dense_info["cached"], traces=traces, layers=s.get("layers", []), info=info)
     if distributed.is_main():

@@ -128,6 +128,7 @@ def collect(results, table=METHOD_TABLE) -> dict:
         key = json.dumps([r.spec.dataset, r.spec.data_kwargs, r.spec.model_kwargs], sort_keys=True)
         setup = setups.setdefault(key, {"dataset": r.spec.dataset, "data_kwargs": r.spec.data_kwargs,
                                         "model_kwargs": r.spec.model_kwargs, "data_source": r.info.get("data_source"),
+                                        "data_tokens": r.info.get("data_tokens"),
                                         "calib_size": None, "dense": None, "sgd_dense": None, "methods": {}})
         family = _family(r)
         dense_slot = "sgd_dense" if family == "grda" else "dense"

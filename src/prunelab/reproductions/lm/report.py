@@ -157,7 +157,11 @@ def _claims_section(claims: list[dict]) -> list:
 
 def _budget_text(setup: dict) -> str:
     dense = setup.get("dense") or {}
-    return (f"Data: {setup['dataset']} {json.dumps(setup['data_kwargs'], sort_keys=True)} ({setup.get('data_source')}); "
+    tokens = setup.get("data_tokens") or {}
+    manifest = (f", manifest SHA-256 {tokens['manifest_hash'][:16]}…, bytes {json.dumps(tokens.get('bytes'), sort_keys=True)}"
+                if tokens.get("manifest_hash") else "")
+    return (f"Data: {setup['dataset']} {json.dumps(setup['data_kwargs'], sort_keys=True)} ({setup.get('data_source')}"
+            f"{manifest}); "
             f"model gpt {json.dumps(setup['model_kwargs'], sort_keys=True) or '{}'}; dense recipe "
             f"{json.dumps(dense.get('budget'), sort_keys=True)}; {setup.get('calib_size')} calibration sequences for "
             "the one-shot methods. Cells: test bits per byte right after pruning → after the method's retraining "
