@@ -64,7 +64,8 @@ def ngram_for(setup: dict, cache_dir: Path | None = None, data_dir=None) -> dict
     try:
         dataset = data_mod.load(setup["dataset"], data_dir=data_dir or _data_dir(setup.get("data_source")),
                                 **setup["data_kwargs"])
-        result = ngram_baseline(dataset, order=NGRAM_ORDER)
+        result = {**ngram_baseline(dataset, order=NGRAM_ORDER),
+                  "manifest_hash": (dataset.info.get("tokens") or {}).get("manifest_hash")}
     except PrunelabError as exc:
         return {"error": str(exc).splitlines()[0]}
     if path is not None:
@@ -97,6 +98,11 @@ def table_dense(setup: dict, ngram: dict | None) -> tuple[list, list, str]:
         gap = ngram["test_bpb"] - dense["test_bpb"]
         sentence = (f"The dense model {'beats' if gap > 0 else 'does NOT beat'} the order-{ngram['order']} n-gram: "
                     f"test {_f(dense['test_bpb'])} vs {_f(ngram['test_bpb'])} bits per byte (n-gram minus dense: {gap:+.3f}).")
+    manifest = ngram.get("manifest_hash") if ngram else None
+    if manifest:
+        runs_manifest = (setup.get("data_tokens") or {}).get("manifest_hash")
+        same = "" if runs_manifest in (None, manifest) else " (NOT the text the runs recorded: " + runs_manifest[:16] + "…)"
+        sentence += f" The n-gram was fitted and scored on the text with manifest SHA-256 {manifest[:16]}…{same}."
     return header, rows, sentence
 
 
