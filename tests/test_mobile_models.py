@@ -144,6 +144,8 @@ ONE_SHOT = [
     ("feta", {"layers": list(FIRST_CONVS), "search_steps": 2, "max_samples": 256}),
     ("nettrim", {"layers": list(FIRST_CONVS), "search_steps": 2, "search_iters": 20, "max_iters": 40,
                  "max_samples": 256}),
+    ("sparsegpt", {}),
+    ("wanda", {}),
 ]
 
 
@@ -253,3 +255,30 @@ def test_grda_trains_to_exact_zeros(name):
     masks = Masks.from_nonzero(model)
     assert len(records) == 1 and records[0]["sparsity"] == masks.sparsity() > 0
     assert sum(int((~masks[n]).sum()) for n in _grouped(model)) > 0    # depthwise weights are thresholded too
+
+
+@pytest.mark.parametrize("name", MOBILE)
+@pytest.mark.parametrize("method", ["os", "lt", "sap"])
+def test_iterative_methods_reach_their_target_exactly_on_mobile_models(name, method):
+    import copy
+
+    from prunelab.data import Split
+    from prunelab.methods.base import MethodContext
+
+    x, y = _data()
+    data = prunelab.data.Dataset("synthetic", Split(x, y), Split(x[:8], y[:8]), Split(x[8:], y[8:]), in_shape=SHAPE,
+                                 num_classes=10, source="memory")
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.05)
+    rounds = {"os": {"rounds": 4, "record_grid": False}, "lt": {"rounds": 4, "record_grid": False},
+              "sap": {"rounds": 12}}[method]
+    dense = _tiny(name)
+    ctx = MethodContext(data=data, model_factory=lambda: _tiny(name, seed=1), init_state=_tiny(name, seed=1).state_dict(),
+                        dense_model=copy.deepcopy(dense), target=0.5, train_config=config, retrain_config=config,
+                        seed=0, log=lambda line: None)
+    outcome = prunelab.methods.create(method, epochs=1, **rounds).run(ctx)
+    masks = outcome.masks
+    assert masks.pruned() == round(0.5 * masks.total())
+    params = dict(outcome.model.named_parameters())
+    assert set(_grouped(outcome.model)) <= set(masks)                # depthwise layers are pruned too
+    for layer, keep in masks.items():
+        assert not bool(params[layer].detach()[~keep].any())
