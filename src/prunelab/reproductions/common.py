@@ -46,7 +46,8 @@ def read_suite_store(outdir, suite: str) -> tuple[list, dict]:
 
 
 def open_suite_store(outdir, dest, suite: str, collect: Callable[[list], dict],
-                     is_empty: Callable[[dict], bool], what: str) -> tuple[Path, list, dict, dict]:
+                     is_empty: Callable[[dict], bool], what: str, results: list | None = None
+                     ) -> tuple[Path, list, dict, dict]:
     """The preamble of a suite writer: read the store, collect its runs, refuse an empty one.
 
     Args:
@@ -56,6 +57,7 @@ def open_suite_store(outdir, dest, suite: str, collect: Callable[[list], dict],
         collect: the paper's ``collect(results)``.
         is_empty: says whether the collected runs hold nothing to report.
         what: the runs the writer needs, for the error message ("LTP, GMP or magnitude").
+        results: run results to report instead of the store's (then no suite is recorded).
 
     Returns:
         ``(dest, results, suites, collected)``.
@@ -65,7 +67,9 @@ def open_suite_store(outdir, dest, suite: str, collect: Callable[[list], dict],
     """
     outdir = Path(outdir)
     dest = Path(dest) if dest is not None else outdir
-    results, suites = read_suite_store(outdir, suite)
+    suites: dict = {}
+    if results is None:
+        results, suites = read_suite_store(outdir, suite)
     collected = collect(results)
     if is_empty(collected):
         raise ConfigError(f"{outdir / FILENAME} holds no completed {what} run; run `prunelab bench --suite {suite}` first")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prunelab.errors import ConfigError
-from prunelab.reproductions.common import pct, read_suite_store, results_main, write_report
+from prunelab.reproductions.common import pct, open_suite_store, results_main, write_report
 from prunelab.reproductions.layerwise.collect import collect
 from prunelab.reproductions.layerwise.figures import fig_accuracy, fig_accuracy_vs_time
 from prunelab.reproductions.layerwise.protocol import COST_TARGET, METHODS, PATTERN
@@ -128,13 +127,8 @@ def write_layerwise_report(outdir, dest=None, results=None) -> dict:
         PosixPath('runs/layerwise/layerwise/report.md')
     """
     outdir = Path(outdir)
-    dest = Path(dest) if dest is not None else outdir / "layerwise"
-    suites = {}
-    if results is None:
-        results, suites = read_suite_store(outdir, "layerwise")
-    collected = collect(results)
-    if not collected:
-        raise ConfigError(f"{outdir} holds no completed one-shot run; run `prunelab bench --suite layerwise` first")
+    dest, results, suites, collected = open_suite_store(outdir, outdir / "layerwise" if dest is None else dest, "layerwise",
+                                                        collect, lambda c: not c, "one-shot", results)
     provenance = sorted({str(r.info.get("git_sha")) for r in results})
     runs = sum(len(m["points"]) + len(m["pattern"]) for i in collected.values() for m in i["methods"].values())
     intro = [f"{runs} runs, prunelab git {', '.join(provenance)}; torch "

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 from prunelab import data as data_mod
-from prunelab.errors import ConfigError, PrunelabError
-from prunelab.reproductions.common import read_suite_store, results_main, write_report
+from prunelab.errors import PrunelabError
+from prunelab.reproductions.common import open_suite_store, results_main, write_report
 from prunelab.reproductions.lm.claims import UNCLEAR, check_claims
 from prunelab.reproductions.lm.collect import METHOD_TABLE, collect
 from prunelab.reproductions.lm.figures import fig_bpb_vs_sparsity, fig_bpb_vs_time, fig_pqi
@@ -232,13 +232,8 @@ def write_lm_report(outdir, dest=None, results=None, data_dir=None) -> dict:
         PosixPath('runs/lm/lm/report.md')
     """
     outdir = Path(outdir)
-    dest = Path(dest) if dest is not None else outdir / "lm"
-    suites = {}
-    if results is None:
-        results, suites = read_suite_store(outdir, "lm")
-    collected = collect(results)
-    if not collected:
-        raise ConfigError(f"{outdir} holds no completed gpt run; run `prunelab bench --suite lm` first")
+    dest, results, suites, collected = open_suite_store(outdir, outdir / "lm" if dest is None else dest, "lm",
+                                                        collect, lambda c: not c, "gpt", results)
     ngrams = {key: ngram_for(setup, dest, data_dir) for key, setup in collected.items()}
     gpt = [r for r in results if r.spec.model == "gpt"]
     intro = [f"{len(gpt)} runs; prunelab git {', '.join(sorted({str(r.info.get('git_sha')) for r in gpt}))}; torch "

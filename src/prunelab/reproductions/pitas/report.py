@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prunelab.errors import ConfigError
-from prunelab.reproductions.common import pct, read_suite_store, results_main, write_report
+from prunelab.reproductions.common import pct, open_suite_store, results_main, write_report
 from prunelab.reproductions.pitas.bench import find_bench_json
 from prunelab.reproductions.pitas.claims import check_claims, claims_text
 from prunelab.reproductions.pitas.collect import collect
@@ -98,13 +97,8 @@ def write_pitas_report(outdir, dest=None, bench_json=None, results=None) -> dict
         ConfigError: no result store, or no one-shot run in it.
     """
     outdir = Path(outdir)
-    dest = Path(dest) if dest is not None else outdir / "pitas"
-    suites = {}
-    if results is None:
-        results, suites = read_suite_store(outdir, "pitas")
-    collected = collect(results)
-    if not collected:
-        raise ConfigError(f"{outdir} holds no completed one-shot run; run `prunelab bench --suite pitas` first")
+    dest, results, suites, collected = open_suite_store(outdir, outdir / "pitas" if dest is None else dest, "pitas",
+                                                        collect, lambda c: not c, "one-shot", results)
     bench_path = find_bench_json(outdir, bench_json)
     bench = json.loads(bench_path.read_text(encoding="utf-8")) if bench_path else None
     claims = check_claims(collected, bench)
