@@ -38,6 +38,20 @@ def _chainable(module: nn.Module) -> bool:
     return _free(module) or (isinstance(module, _SPARSE) and module.backend == "native")
 
 
+def plan_is_current(plan: list, layers, generation_at: int) -> bool:
+    """Whether a native plan's pointers are current: no layer dropped its descriptors since.
+
+    ``plan[3]`` holds each layer's descriptors when the plan was built and ``plan[generation_at]``
+    the layer generation it was last checked at (refreshed here when still current).
+    """
+    if plan[generation_at] == _CSRLayer.generation:
+        return True
+    if any(m._descriptors is not d for m, d in zip(layers, plan[3])):
+        return False
+    plan[generation_at] = _CSRLayer.generation
+    return True
+
+
 def _native_input(x) -> bool:
     """An input the native kernel may take: a float32 CPU batch that autograd does not follow."""
     return (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.is_cpu and x.dim() >= 2
@@ -85,13 +99,7 @@ class _Chain:
         return [steps.data_ptr(), steps, descriptors, [m._descriptors for m in self.layers], largest, shape, generation]
 
     def _valid(self, plan) -> bool:
-        """Whether ``plan``'s pointers are current: no layer dropped its descriptors since."""
-        if plan[6] == _CSRLayer.generation:
-            return True
-        if any(m._descriptors is not d for m, d in zip(self.layers, plan[3])):
-            return False
-        plan[6] = _CSRLayer.generation
-        return True
+        return plan_is_current(plan, self.layers, 6)
 
     def run(self, x: torch.Tensor, lib) -> torch.Tensor | None:
         """The run's output for ``x``, or None to run it module by module."""

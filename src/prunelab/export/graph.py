@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 
 from prunelab.export import native
-from prunelab.export.chain import _native_input
+from prunelab.export.chain import _native_input, plan_is_current
 from prunelab.export.modules import SparseConv2d, _CSRLayer
 
 __all__ = ["SparseGraphRun", "install_graph_runs"]
@@ -100,12 +100,7 @@ class SparseGraphRun(nn.Module):
                 elems, len(sizes), shapes[-1], generation]
 
     def _valid(self, plan) -> bool:
-        if plan[8] == _CSRLayer.generation:
-            return True
-        if any(m._descriptors is not d for m, d in zip(self.layers, plan[3])):
-            return False
-        plan[8] = _CSRLayer.generation
-        return True
+        return plan_is_current(plan, self.layers, 8)
 
     def _python(self, x: torch.Tensor) -> torch.Tensor:
         values = [x]
