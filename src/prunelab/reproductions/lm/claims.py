@@ -52,16 +52,23 @@ def _by_target(setup: dict, name: str, key: str) -> dict:
     return {p["target"]: p for p in entry.get("points", []) if p.get(key) is not None}
 
 
+def _candidate_vs_other(setup: dict, candidate: str, other: str, key: str, claim: str) -> dict:
+    """``candidate`` against ``other`` on ``key`` (a test bpb) at every target both ran: rows keyed by
+    the lower-cased names (``"feta"``, ``"feta_sparsity"``, ...), the verdict and its numbers."""
+    a, b = _by_target(setup, candidate, key), _by_target(setup, other, key)
+    ka, kb = candidate.lower(), other.lower()
+    rows = [{"target": t, ka: a[t][key], kb: b[t][key], f"{ka}_sparsity": a[t]["sparsity"],
+             f"{kb}_sparsity": b[t]["sparsity"]} for t in sorted(set(a) & set(b))]
+    detail = "; ".join(f"{100 * r['target']:g} %: {candidate} {_fmt(r[ka])} vs {other} {_fmt(r[kb])} "
+                       f"(sparsity {_fmt(r[f'{ka}_sparsity'])} / {_fmt(r[f'{kb}_sparsity'])})" for r in rows)
+    return {"claim": claim, "verdict": _verdict([r[kb] - r[ka] for r in rows]), "rows": rows,
+            "detail": detail or "no target with both runs"}
+
+
 def claim_feta(setup: dict) -> dict:
     """(1) FeTa beats hard thresholding without retraining: lower pruned test bpb at every target both ran."""
-    feta, hard = _by_target(setup, "FeTa", "pruned_test_bpb"), _by_target(setup, "hard thresholding", "pruned_test_bpb")
-    rows = [{"target": t, "feta": feta[t]["pruned_test_bpb"], "hard": hard[t]["pruned_test_bpb"],
-             "feta_sparsity": feta[t]["sparsity"], "hard_sparsity": hard[t]["sparsity"]} for t in sorted(set(feta) & set(hard))]
-    verdict = _verdict([r["hard"] - r["feta"] for r in rows])
-    detail = "; ".join(f"{100 * r['target']:g} %: FeTa {_fmt(r['feta'])} vs hard thresholding {_fmt(r['hard'])} "
-                       f"(sparsity {_fmt(r['feta_sparsity'])} / {_fmt(r['hard_sparsity'])})" for r in rows)
-    return {"claim": "FeTa beats hard thresholding without retraining (test bpb right after pruning)",
-            "verdict": verdict, "rows": rows, "detail": detail or "no target with both runs"}
+    return _candidate_vs_other(setup, "FeTa", "hard thresholding", "pruned_test_bpb",
+                               "FeTa beats hard thresholding without retraining (test bpb right after pruning)")
 
 
 def _trajectory(point: dict) -> list[float]:
@@ -113,14 +120,7 @@ def claim_pqi(setup: dict) -> dict:
 
 def claim_ltp(setup: dict) -> dict:
     """(3) LTP beats GMP at equal epochs: lower final test bpb at every target both ran."""
-    ltp, gmp = _by_target(setup, "LTP", "final_test_bpb"), _by_target(setup, "GMP", "final_test_bpb")
-    rows = [{"target": t, "ltp": ltp[t]["final_test_bpb"], "gmp": gmp[t]["final_test_bpb"],
-             "ltp_sparsity": ltp[t]["sparsity"], "gmp_sparsity": gmp[t]["sparsity"]} for t in sorted(set(ltp) & set(gmp))]
-    verdict = _verdict([r["gmp"] - r["ltp"] for r in rows])
-    detail = "; ".join(f"{100 * r['target']:g} %: LTP {_fmt(r['ltp'])} vs GMP {_fmt(r['gmp'])} "
-                       f"(sparsity {_fmt(r['ltp_sparsity'])} / {_fmt(r['gmp_sparsity'])})" for r in rows)
-    return {"claim": "LTP beats GMP at equal epochs (final test bpb)", "verdict": verdict, "rows": rows,
-            "detail": detail or "no target with both runs"}
+    return _candidate_vs_other(setup, "LTP", "GMP", "final_test_bpb", "LTP beats GMP at equal epochs (final test bpb)")
 
 
 def claim_grda(setup: dict) -> dict:
