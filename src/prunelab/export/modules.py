@@ -151,12 +151,30 @@ class _CSRLayer(nn.Module):
                 and not (x.requires_grad and torch.is_grad_enabled()))
 
     def _descriptor(self, fields: list[int], taps: torch.Tensor, pool: int = 1, ceil: bool = False,
-                    taps2: torch.Tensor | None = None, seg: tuple | None = None) -> torch.Tensor:
+                    taps2: torch.Tensor | None = None, seg: tuple | None = None,
+                    windows: tuple | None = None) -> torch.Tensor:
         ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
         fields = fields + [ptr(self.crow), ptr(taps), ptr(self.values), ptr(self.bias), int(self.relu), self.block,
                            pool, int(ceil), ptr(self.pro_scale), ptr(self.pro_shift), ptr(taps2)]
         fields += [0, 0, 0] if seg is None else [ptr(seg[0]), seg[1], ptr(seg[2])]
+        fields += [0, 0, 0] if windows is None else [ptr(t) for t in windows]
         return torch.tensor(fields, dtype=torch.int64)
+
+    def _windows(self) -> tuple | None:
+        """The weight in the native kernel's window format for batch 1 (``pl_window_build`` in
+        ``csrc/sparse_kernel.c``): (group starts, steps, values), or ``None`` where the kernel
+        has no use for it (a build without AVX2, fewer than 8 inputs)."""
+        lib = native.get() or native.load()
+        args = (self.out_channels, self.fan_in, self.crow.data_ptr(), self.col.data_ptr(), self.values.data_ptr())
+        steps = lib.pl_window_build(*args, None, None, None)
+        if steps <= 0:
+            return None
+        with torch.inference_mode(False):
+            grp = torch.empty((self.out_channels + 7) // 8 + 1, dtype=torch.int32)
+            step = torch.empty(steps, dtype=torch.int64)
+            wval = torch.empty(8 * steps, dtype=torch.float32)
+        lib.pl_window_build(*args, grp.data_ptr(), step.data_ptr(), wval.data_ptr())
+        return grp, step, wval
 
     def chain_step(self, sample_shape: tuple) -> tuple[torch.Tensor, tuple] | None:
         """This layer as one step of a native chain for inputs of ``sample_shape`` (one sample):
@@ -219,11 +237,15 @@ class SparseLinear(_CSRLayer):
     def chain_step(self, sample_shape: tuple) -> tuple[torch.Tensor, tuple] | None:
         if self.backend != "native" or tuple(sample_shape) != (self.in_features,):
             return None
+        return self._linear_descriptor(), (self.out_features,)
+
+    def _linear_descriptor(self) -> torch.Tensor:
         descriptor = self._descriptors.get(None)
         if descriptor is None:
             fields = [self.in_features, 1, 1, self.out_features, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
-            descriptor = self._descriptors[None] = self._descriptor(fields, self.col)
-        return descriptor, (self.out_features,)
+            windows = self._descriptors["windows"] = self._windows()   # kept alive beside the descriptor
+            descriptor = self._descriptors[None] = self._descriptor(fields, self.col, windows=windows)
+        return descriptor
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -231,11 +253,9 @@ class SparseLinear(_CSRLayer):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self._use_native(x2):
-            descriptor = self._descriptors.get(None)
-            if descriptor is None:
-                fields = [self.in_features, 1, 1, self.out_features, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
-                descriptor = self._descriptors[None] = self._descriptor(fields, self.col)
-                self._fast = (native.load().pl_sparse_forward, descriptor.data_ptr())
+            if self._descriptors.get(None) is None:
+                self._fast = (native.load().pl_sparse_forward, self._linear_descriptor().data_ptr())
+            descriptor = self._descriptors[None]
             y = self._run_native(descriptor, x2.contiguous(), x2.new_empty(x2.shape[0], self.out_features))
         else:
             y = self._torch_product(x2.t()).t()

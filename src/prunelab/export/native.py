@@ -65,7 +65,7 @@ __all__ = ["load", "get", "status", "reset", "kernel_source", "DESCRIPTOR_FIELDS
 #: Order of the int64 fields of a layer descriptor (``enum`` in the C source).
 DESCRIPTOR_FIELDS = ("C", "H", "W", "O", "HO", "WO", "KH", "KW", "SH", "SW", "PT", "PL", "DH", "DW",
                      "ROWPTR", "TAPS", "VAL", "BIAS", "RELU", "BLOCK", "POOL", "POOL_CEIL", "PRO_SCALE",
-                     "PRO_SHIFT", "TAPS2", "SEG", "NSEG", "VAL2")
+                     "PRO_SHIFT", "TAPS2", "SEG", "NSEG", "VAL2", "WGRP", "WSTEP", "WVAL")
 #: The C sources, joined in this order into one translation unit.
 SOURCES = ("sparse_layout.c", "sparse_kernel.c")
 
@@ -175,6 +175,9 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.pl_graph_forward.restype = ctypes.c_int
     lib.pl_graph_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.pl_window_build.restype = ctypes.c_int64
+    lib.pl_window_build.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.pl_descriptor_length.restype = ctypes.c_int
     lib.pl_openmp.restype = ctypes.c_int
     if lib.pl_descriptor_length() != len(DESCRIPTOR_FIELDS):

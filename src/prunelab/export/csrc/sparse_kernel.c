@@ -4,7 +4,7 @@
 /* Layer descriptor: int64 fields in this order (pointers stored as integers). */
 enum { D_C, D_H, D_W, D_O, D_HO, D_WO, D_KH, D_KW, D_SH, D_SW, D_PT, D_PL, D_DH, D_DW,
        D_ROWPTR, D_TAPS, D_VAL, D_BIAS, D_RELU, D_BLOCK, D_POOL, D_POOL_CEIL, D_PRO_SCALE, D_PRO_SHIFT,
-       D_TAPS2, D_SEG, D_NSEG, D_VAL2, D_LEN };
+       D_TAPS2, D_SEG, D_NSEG, D_VAL2, D_WGRP, D_WSTEP, D_WVAL, D_LEN };
 
 #define CHUNK 64   /* lanes of one tile: 8 vectors of 8 floats, all held in registers */
 
@@ -40,6 +40,9 @@ static layer_t layer_of(const int64_t* d) {
   L.seg = (const int32_t*)(intptr_t)d[D_SEG];
   L.nseg = L.seg ? d[D_NSEG] : 1;
   L.val2 = (const float*)(intptr_t)d[D_VAL2];
+  L.wgrp = (const int32_t*)(intptr_t)d[D_WGRP];
+  L.wstep = (const int64_t*)(intptr_t)d[D_WSTEP];
+  L.wval = (const float*)(intptr_t)d[D_WVAL];
   /* samples per block: a Linear layer reads each input once per output channel, so a wide
      block (64 lanes per load) pays; a convolution keeps its block small so that the input rows
      a tile reads (C x KH rows x a few pixels x nb) stay in L2 for all output channels */
@@ -94,11 +97,103 @@ static void tile_any(int nv, const float* in, int64_t nb, const int32_t* tap, co
   }
 }
 
+/* Window format of a layer read at batch 1 (dot mode): rows in groups of 8, one vector lane per
+   row; a group's non-zeros in *steps*, each step 8 weights (one per row, 0 where the row has none)
+   whose columns lie in one window of 8 consecutive inputs. A step is one 8-float load of the
+   window, one in-register permute (vpermps) putting each row's input in its lane, and one FMA: no
+   gather (an AVX2 gather of 8 floats costs about as much as 8 scalar loads). step[s] holds the
+   window's first input in its high 32 bits and the 8 lanes' 3-bit offsets in it in the low 24;
+   val[8s + i] the weight of lane i; grp[g] the first step of group g. A group walks its windows
+   in increasing order; a window takes as many steps as its fullest row has non-zeros in it.
+   Windows start at multiples of 8, except that one reaching past the last input starts at
+   n_in - 8 instead (no read past the input). Returns the number of steps (0 when a group has
+   none at all), -1 when n_in < 8, -2 when a row's taps are not increasing, -3 in a build without
+   AVX2 and FMA. With step == NULL only
+   counts. */
+int64_t pl_window_build(int64_t O, int64_t n_in, const int32_t* rowptr, const int32_t* taps, const float* val,
+                        int32_t* grp, int64_t* step, float* wval) {
+#if !(defined(__AVX2__) && defined(__FMA__))
+  return -3;   /* the kernel could not read it */
+#endif
+  if (n_in < 8) return -1;
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t p = rowptr[o] + 1; p < rowptr[o + 1]; ++p)
+      if (taps[p] <= taps[p - 1]) return -2;
+  int64_t s = 0;
+  for (int64_t g = 0; g * 8 < O; ++g) {
+    int64_t p[8], end[8];
+    for (int i = 0; i < 8; ++i) {
+      const int64_t o = g * 8 + i;
+      p[i] = o < O ? rowptr[o] : 0;
+      end[i] = o < O ? rowptr[o + 1] : 0;
+    }
+    if (step) grp[g] = (int32_t)s;
+    for (;;) {
+      int64_t w = INT64_MAX;
+      for (int i = 0; i < 8; ++i)
+        if (p[i] < end[i] && taps[p[i]] / 8 < w) w = taps[p[i]] / 8;
+      if (w == INT64_MAX) break;
+      const int64_t base = 8 * w + 8 <= n_in ? 8 * w : n_in - 8;
+      int64_t k = 0;   /* steps this window takes: its fullest row's count */
+      for (int i = 0; i < 8; ++i) {
+        int64_t q = p[i];
+        while (q < end[i] && taps[q] < 8 * w + 8) ++q;
+        if (q - p[i] > k) k = q - p[i];
+      }
+      if (step) {
+        for (int64_t j = 0; j < k; ++j) {
+          step[s + j] = base << 32;
+          for (int i = 0; i < 8; ++i) wval[8 * (s + j) + i] = 0.f;
+        }
+        for (int i = 0; i < 8; ++i)
+          for (int64_t j = 0; p[i] < end[i] && taps[p[i]] < 8 * w + 8; ++j, ++p[i]) {
+            step[s + j] |= (int64_t)(taps[p[i]] - base) << (3 * i);
+            wval[8 * (s + j) + i] = val[p[i]];
+          }
+      } else {
+        for (int i = 0; i < 8; ++i)
+          while (p[i] < end[i] && taps[p[i]] < 8 * w + 8) ++p[i];
+      }
+      s += k;
+    }
+  }
+  if (step) grp[(O + 7) / 8] = (int32_t)s;
+  return s;
+}
+
 /* one sample, one output pixel (a Linear layer at batch 1): a sparse dot product per channel.
-   With AVX2, 8 non-zeros at a time through a gather (about twice the scalar rate: the loop is
-   bound by load issue, not bandwidth), the row's tail through a masked gather. */
+   With AVX2, the window format above where the layer has it (o0 a multiple of 8), else 8
+   non-zeros at a time through a gather, the row's tail through a masked gather. */
 static void dot_rows(const layer_t* L, const float* in, int64_t o0, int64_t o1, float* out) {
 #if defined(__AVX2__) && defined(__FMA__)
+  if (L->wstep) {
+    const __m256i shift = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
+    for (int64_t g = o0 / 8; g * 8 < o1; ++g) {
+      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      int64_t s = L->wgrp[g];
+      const int64_t e = L->wgrp[g + 1];
+      /* four accumulators: one FMA chain would wait on its latency */
+      for (; s + 4 <= e; s += 4)
+        for (int u = 0; u < 4; ++u) {
+          const int64_t w = L->wstep[s + u];
+          const __m256i lanes = _mm256_srlv_epi32(_mm256_set1_epi32((int32_t)w), shift);
+          const __m256 xin = _mm256_permutevar8x32_ps(_mm256_loadu_ps(in + (w >> 32)), lanes);
+          a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(L->wval + 8 * (s + u)), xin, a[u]);
+        }
+      for (; s < e; ++s) {
+        const int64_t w = L->wstep[s];
+        const __m256i lanes = _mm256_srlv_epi32(_mm256_set1_epi32((int32_t)w), shift);
+        a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(L->wval + 8 * s), _mm256_permutevar8x32_ps(_mm256_loadu_ps(in + (w >> 32)), lanes), a[0]);
+      }
+      float r[8];
+      _mm256_storeu_ps(r, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+      for (int i = 0; i < 8 && g * 8 + i < o1; ++i) {
+        const float v = r[i] + (L->bias ? L->bias[g * 8 + i] : 0.f);
+        out[g * 8 + i] = L->relu && v < 0.f ? 0.f : v;
+      }
+    }
+    return;
+  }
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int64_t o = o0; o < o1; ++o) {
     const int32_t* tap = L->taps + L->rowptr[o];
@@ -328,7 +423,8 @@ int pl_sparse_forward(const int64_t* d, int64_t batch, const float* x, float* y,
     float* out = direct_out(&L, &P, nb) ? y + b0 * oy : ob;
     /* split output channels too when there are few tiles, so that every thread has work */
     const int64_t osplit = nt > 1 && P.tiles < 4 * nt ? nt : 1;
-    const int64_t ochunk = (L.O + osplit - 1) / osplit;
+    int64_t ochunk = (L.O + osplit - 1) / osplit;
+    if (P.mode == 2 && L.wstep) ochunk = (ochunk + 7) & ~(int64_t)7;   /* whole groups of 8 rows */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
       float* pooled = out == ob ? (float*)malloc(sizeof(float) * pool_len) : NULL;

@@ -32,6 +32,9 @@ typedef struct {
   const int32_t* seg;            /* shift mode: starts of (input-channel segment, row), or NULL */
   const float* val2;             /* with seg: the values in (segment, row) order */
   int64_t nseg;
+  const int32_t* wgrp;           /* window format (dot mode, see pl_window_build), or NULL */
+  const int64_t* wstep;
+  const float* wval;
   const float* pro_scale;        /* prologue: the input is relu(x * scale[c] + shift[c]) when set */
   const float* pro_shift;
   int relu, pool_ceil;

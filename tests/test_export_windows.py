@@ -1,0 +1,106 @@
+"""The native kernel's window format for Linear layers at batch 1 (``pl_window_build``)."""
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab.export import SparseLinear, native
+
+lib = native.load()
+pytestmark = pytest.mark.skipif(lib is None, reason="native kernel unavailable (no C compiler?)")
+
+
+def _layer(out_f: int, in_f: int, density: float, seed: int = 0, bias: bool = True) -> nn.Linear:
+    g = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(in_f, out_f, bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(out_f, in_f, generator=g) * (torch.rand(out_f, in_f, generator=g) < density))
+        if bias:
+            layer.bias.copy_(torch.randn(out_f, generator=g))
+    return layer
+
+
+def _decode(sparse: SparseLinear) -> torch.Tensor:
+    """The dense weight the window format holds, read back step by step."""
+    grp, step, wval = sparse._windows()
+    dense = torch.zeros(8 * (grp.numel() - 1), sparse.in_features)
+    for g in range(grp.numel() - 1):
+        for s in range(int(grp[g]), int(grp[g + 1])):
+            word = int(step[s])
+            for lane in range(8):
+                col = (word >> 32) + ((word >> (3 * lane)) & 7)
+                dense[8 * g + lane, col] += float(wval[8 * s + lane])
+    return dense[: sparse.out_features]
+
+
+def test_hand_computed_steps():
+    # rows 0 and 1: columns {1, 3, 9} and {2, 9, 10}; 11 inputs, so the window of columns 8..10
+    # starts at 3 (11 - 8) to stay inside the input
+    w = torch.zeros(2, 11)
+    w[0, [1, 3, 9]] = torch.tensor([1.0, 2.0, 3.0])
+    w[1, [2, 9, 10]] = torch.tensor([4.0, 5.0, 6.0])
+    layer = nn.Linear(11, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    grp, step, wval = SparseLinear(layer, backend="native")._windows()
+    # window 0 takes 2 steps (row 0 has 2 non-zeros there), the last window 2 (row 1 has 9, 10)
+    assert grp.tolist() == [0, 4]
+    base = [int(s) >> 32 for s in step]
+    lane = [[(int(s) >> (3 * i)) & 7 for i in range(2)] for s in step]
+    assert base == [0, 0, 3, 3]
+    # a row with no further non-zero in the window gets offset 0 and weight 0
+    assert lane == [[1, 2], [3, 0], [6, 6], [0, 7]]
+    assert wval.view(4, 8)[:, :2].tolist() == [[1.0, 4.0], [2.0, 0.0], [3.0, 5.0], [0.0, 6.0]]
+    assert wval.view(4, 8)[:, 2:].abs().sum() == 0   # lanes of rows 2..7 (there are none)
+    assert [int(s) & ~((1 << 32) - 1) for s in step] == [b << 32 for b in base]   # offsets in the low bits only
+
+
+@pytest.mark.parametrize("shape,density", [((13, 29), 0.3), ((64, 784), 0.1), ((1024, 1024), 0.05),
+                                           ((40, 64), 1.0), ((17, 100), 0.01)])
+def test_windows_hold_the_weight_exactly(shape, density):
+    layer = _layer(*shape, density)
+    sparse = SparseLinear(layer, backend="native")
+    assert torch.equal(_decode(sparse), layer.weight.detach())
+
+
+@pytest.mark.parametrize("shape,density", [((13, 29), 0.3), ((1000, 784), 0.1), ((10, 1024), 0.05),
+                                           ((40, 64), 1.0), ((9, 8), 0.5), ((16, 300), 0.0)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch1_matches_dense(shape, density, threads, relu):
+    layer = _layer(*shape, density)
+    sparse = SparseLinear(layer, backend="native", relu=relu, threads=threads)
+    x = torch.randn(1, shape[1], generator=torch.Generator().manual_seed(1))
+    want = layer(x).detach()
+    want = torch.relu(want) if relu else want
+    with torch.no_grad():
+        got = sparse(x)
+    # an all-zero weight has no steps: the gather path (bias only) serves it
+    assert (sparse._descriptors["windows"] is not None) == (density > 0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # batch 2 takes the batched path, not the windows: the same numbers
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x.repeat(2, 1))[1:], got, atol=1e-5, rtol=1e-5)
+
+
+def test_fewer_than_8_inputs_keep_the_gather_path():
+    layer = _layer(5, 6, 0.5)
+    sparse = SparseLinear(layer, backend="native")
+    x = torch.randn(1, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), layer(x), atol=1e-5, rtol=1e-5)
+    assert sparse._descriptors["windows"] is None
+
+
+def test_no_read_past_the_input():
+    # the last window of a 29-input layer starts at 21, so a NaN just past the input (as a
+    # neighbour in a larger buffer) never reaches the output
+    layer = _layer(16, 29, 1.0)
+    sparse = SparseLinear(layer, backend="native")
+    buf = torch.full((1, 40), float("nan"))
+    buf[0, :29] = torch.randn(29)
+    x = buf[:, :29]
+    with torch.no_grad():
+        got = sparse(x)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, layer(x.contiguous()).detach(), atol=1e-5, rtol=1e-5)
