@@ -34,6 +34,7 @@ Usage:
         --schemes layer --batch-sizes 1,64 --thread-counts 1
     python benchmarks/bench_export.py --quick              # fewer repetitions
     python benchmarks/bench_export.py --threads 2 --out results/export.json
+    python benchmarks/bench_export.py --render networks.json --markdown networks.md   # tables of a saved run
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def measure_point(model, batch, threads, warmup, reps, onnx_path):
         max_diff = float((sparse(x) - model(x)).abs().max())
     fns = {"torch_dense": lambda: model(x), "prunelab_sparse": lambda: sparse(x)}
     if onnx_path is not None:
-        session = onnxruntime_session(onnx_path, threads)
+        session = onnxruntime_session(onnx_path, threads, spinning=False)
         feed = {"input": x.numpy()}
         fns["onnxruntime_dense"] = lambda: session.run(None, feed)
     timed = interleaved(fns, warmup=warmup, reps=reps)
@@ -205,7 +206,7 @@ def batch1_profile(model: nn.Module, warmup: int, reps: int) -> dict:
             if isinstance(m, SparseLinear):
                 fns[f"sparse module {name}"] = (lambda m=m, i=inputs[name].flatten(1): m(i))
     with tempfile.TemporaryDirectory() as tmp:
-        session = onnxruntime_session(export_onnx(model, Path(tmp) / "m.onnx"), torch.get_num_threads())
+        session = onnxruntime_session(export_onnx(model, Path(tmp) / "m.onnx"), torch.get_num_threads(), spinning=False)
         feed = {"input": x.numpy()}
         fns["onnxruntime session.run"] = lambda: session.run(None, feed)
         timed = interleaved(fns, warmup=warmup, reps=reps)
@@ -250,7 +251,7 @@ def network_point(model, shape, batch, threads, reps_budget_s, max_reps, onnx_pa
     rel = float((got - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
     fns = {"torch_dense": lambda: model(x), "prunelab_sparse": lambda: sparse(x)}
     if onnx_path is not None:
-        session = onnxruntime_session(onnx_path, threads)
+        session = onnxruntime_session(onnx_path, threads, spinning=False)
         feed = {"input": x.numpy()}
         fns["onnxruntime_dense"] = lambda: session.run(None, feed)
     with torch.inference_mode():
@@ -315,6 +316,58 @@ def networks_suite(args, log) -> dict:
     return out
 
 
+def networks_summary(results: dict) -> dict:
+    """Over every point: the slowest sparse / dense ratio, the largest output difference and
+    conversion time."""
+    points = [(key, row) for key, entry in results.items() for row in entry["points"]]
+    slowest = min(points, key=lambda kr: kr[1]["speedup_vs_torch_dense"]["prunelab_sparse"])
+    return {"points": len(points),
+            "min_sparse_speedup": slowest[1]["speedup_vs_torch_dense"]["prunelab_sparse"],
+            "min_sparse_speedup_at": f"{slowest[0]} batch {slowest[1]['batch']} threads {slowest[1]['threads']}",
+            "sparse_never_slower_than_dense": all(r["speedup_vs_torch_dense"]["prunelab_sparse"] >= 1.0 for _, r in points),
+            "max_rel_diff": max(r["max_rel_diff"] for _, r in points),
+            "max_to_sparse_s": max(r["to_sparse_s"] for _, r in points)}
+
+
+def networks_markdown(result: dict) -> str:
+    """The networks suite as Markdown: one table per thread count, rows model x scheme x
+    sparsity, for each batch size sparse / onnxruntime speedup over dense PyTorch and the
+    fraction of the theoretical speedup sparse reached, then to_sparse's seconds."""
+    results = result["results"]
+    threads = sorted({r["threads"] for e in results.values() for r in e["points"]})
+    batches = sorted({r["batch"] for e in results.values() for r in e["points"]})
+    lines = []
+    for t in threads:
+        lines += [f"**{t} thread{'s' if t > 1 else ''}** (speedup over dense PyTorch: prunelab sparse / onnxruntime "
+                  "dense; in brackets the fraction of the theoretical speedup sparse reached)", "",
+                  "| model | scheme | sparsity | theoretical | " + " | ".join(f"batch {b}" for b in batches)
+                  + " | `to_sparse` s (" + " / ".join(str(b) for b in batches) + ") |",
+                  "|---|---|--:|--:|" + "--:|" * len(batches) + "--:|"]
+        for key, entry in results.items():
+            name, scheme, s = key.split(" ")
+            rows = {r["batch"]: r for r in entry["points"] if r["threads"] == t}
+            cells = []
+            for b in batches:
+                r = rows.get(b)
+                if r is None:
+                    cells.append("")
+                    continue
+                sp = r["speedup_vs_torch_dense"]
+                ort = f" / {sp['onnxruntime_dense']:.2f}×" if "onnxruntime_dense" in sp else ""
+                cells.append(f"{sp['prunelab_sparse']:.2f}×{ort} ({r['fraction_of_theoretical']:.2f})")
+            conv = " / ".join(f"{rows[b]['to_sparse_s']:.2f}" if b in rows else "" for b in batches)
+            scheme_text = "layer-wise, first layer dense" if scheme == "layer" else "global magnitude"
+            lines.append(f"| {name} | {scheme_text} | {float(s[2:]):.0%} | {entry['theoretical_speedup']:.2f}× | "
+                         + " | ".join(cells) + f" | {conv} |")
+        lines.append("")
+    summary = result.get("summary") or networks_summary(results)
+    lines.append(f"Slowest point: {summary['min_sparse_speedup']:.2f}× ({summary['min_sparse_speedup_at']}); "
+                 f"largest output difference {summary['max_rel_diff']:.1e} of the largest dense output; "
+                 f"slowest `to_sparse` {summary['max_to_sparse_s']:.2f} s; load average at start / end "
+                 f"{result['setup']['load_average_1_5_15_start'][0]} / {result['setup']['load_average_1_5_15_end'][0]}.")
+    return "\n".join(lines) + "\n"
+
+
 def _emit(result: dict, out: str | None) -> int:
     """Stamp the end load average, print the JSON, and write it to ``out`` when given."""
     result["setup"]["load_average_1_5_15_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -344,7 +397,17 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="warmup 5, reps 40")
     parser.add_argument("--no-extras", action="store_true", help="skip the kernel comparison and batch-1 profile")
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--markdown", default=None, help="networks: also write the tables as Markdown here")
+    parser.add_argument("--render", default=None, metavar="JSON",
+                        help="networks: only write the Markdown tables of a saved JSON (to --markdown, else stdout)")
     args = parser.parse_args(argv)
+    if args.render:
+        text = networks_markdown(json.loads(Path(args.render).read_text()))
+        if args.markdown:
+            Path(args.markdown).write_text(text)
+        else:
+            print(text, end="")
+        return 0
     if args.quick:
         args.warmup, args.reps = 5, 40
     torch.set_num_threads(args.threads)
@@ -363,7 +426,11 @@ def main(argv=None) -> int:
                             "cpu_count": os.cpu_count(), "native_kernel": native.status(),
                             "load_average_1_5_15_start": [round(v, 2) for v in os.getloadavg()]},
                   "results": networks_suite(args, log)}
-        return _emit(result, args.out)
+        result["summary"] = networks_summary(result["results"])
+        code = _emit(result, args.out)
+        if args.markdown:
+            Path(args.markdown).write_text(networks_markdown(result))
+        return code
     args.models = args.models or "lenet-300-100,lenet5"
     sparsities = [float(s) for s in args.sparsities.split(",")]
     batches = [int(b) for b in args.batch_sizes.split(",")]

@@ -399,6 +399,20 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
         export_onnx(to_sparse(model, policy="always"), tmp_path / "s.onnx")
 
 
+def test_onnxruntime_session_without_spinning(tmp_path):
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+    from prunelab.export import export_onnx, onnxruntime_session
+
+    path = export_onnx(nn.Linear(4, 2), tmp_path / "l.onnx", input_shape=(1, 4))
+    options = onnxruntime_session(path, 2, spinning=False).get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = onnxruntime_session(path, 2).get_session_options()
+    with pytest.raises(Exception):   # onnxruntime's default (spinning) is left untouched: no entry
+        spinning.get_session_config_entry("session.intra_op.allow_spinning")
+
+
 # ------------------------------------------------------------------------------------- CLI
 
 

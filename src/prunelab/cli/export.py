@@ -161,7 +161,9 @@ def cmd_latency(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         session = None
         if args.onnx:
-            session = onnxruntime_session(export_onnx(model, Path(tmp) / "model.onnx", (1, *cfg["in_shape"])), threads)
+            # interleaved with the other engines: spinning onnxruntime workers would take their cores
+            session = onnxruntime_session(export_onnx(model, Path(tmp) / "model.onnx", (1, *cfg["in_shape"])), threads,
+                                          spinning=False)
         print(f"{cfg.get('name')}: sparsity {info['sparsity']:.2%} of prunable weights, FLOP limit "
               f"{info['theoretical_speedup']:.1f}x; {threads} thread(s), {args.warmup} warm-up + {args.reps} timed "
               "calls each, interleaved, median")

@@ -19,6 +19,14 @@ Convolutions and Guided Pruning" (arXiv:1608.01409), instead of im2col + CSR:
    kernel column offset with rows of ``Wo`` pixels, so every non-zero reads ``Ho * Wo * nb``
    contiguous lanes with no junk, and the input channels are worked through in segments whose
    copies fit in L1 (the non-zeros stored again in segment order).
+   A Linear layer at batch 1 (a sparse matrix-vector product) uses a *window format* instead
+   (``pl_window_build``, built once per layer by :class:`~prunelab.export.modules.SparseLinear`):
+   rows in groups of 8, one vector lane each; each step of a group loads 8 consecutive inputs,
+   permutes them in the register (``vpermps``) so that every lane holds its row's input, and
+   does one FMA with 8 stored weights (zero where a row has no non-zero in that window). It
+   replaces an AVX2 gather per 8 non-zeros, which costs about as much as 8 scalar loads: on
+   784-1024-1024-10 at 90 % sparsity the three products went from about 93 to 41 µs, although
+   only 29-46 % of the lanes hold a non-zero.
 3. unpack: transpose back to ``(batch, O, Ho, Wo)``, with bias and ReLU already applied.
 
 The accumulation order differs from a dense GEMM, so results agree with PyTorch's to float32

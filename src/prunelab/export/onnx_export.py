@@ -94,8 +94,12 @@ def export_onnx(model: nn.Module, path, input_shape=None, *, opset: int = 17, dy
     return path
 
 
-def onnxruntime_session(path, threads: int | None = None):
+def onnxruntime_session(path, threads: int | None = None, spinning: bool = True):
     """An onnxruntime CPU ``InferenceSession`` for ``path`` with ``threads`` intra-op threads.
+
+    ``spinning=False`` stops its worker threads from busy-waiting for work after each run
+    (onnxruntime's default): timed side by side with other engines in one process, spinning
+    workers take cores from whatever runs next.
 
     Raises:
         ConfigError: onnxruntime is not installed.
@@ -108,6 +112,8 @@ def onnxruntime_session(path, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
