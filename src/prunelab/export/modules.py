@@ -160,14 +160,22 @@ class _CSRLayer(nn.Module):
         fields += [0, 0, 0] if windows is None else [ptr(t) for t in windows]
         return torch.tensor(fields, dtype=torch.int64)
 
-    def _windows(self) -> tuple | None:
+    def _windows(self, force: bool = False) -> tuple | None:
         """The weight in the native kernel's window format for batch 1 (``pl_window_build`` in
         ``csrc/sparse_kernel.c``): (group starts, steps, values), or ``None`` where the kernel
-        has no use for it (a build without AVX2, fewer than 8 inputs)."""
+        has no use for it (a build without AVX2, fewer than 8 inputs) or its gather is as fast.
+
+        ``benchmarks/bench_windows.py`` timed both on 24 random layers (1024 x 1024, 4096 x 1024,
+        512 x 4096; 0.5-50 % dense), one thread: the windows won 1.2-3.5x wherever at least a
+        quarter of their lanes hold a non-zero, and 1.3-1.5x with emptier lanes on rows of about
+        20 non-zeros or fewer (where the gather pays for short rows); on 512 x 4096 at 1-2 % (rows
+        of 41-82 non-zeros, 16-20 % of lanes filled) they lost by up to 6 %. Hence this rule, fitted
+        to those points: windows unless fewer than 25 % of the lanes are filled and rows average
+        32 non-zeros or more. ``force=True`` builds them regardless (for that benchmark)."""
         lib = native.get() or native.load()
         args = (self.out_channels, self.fan_in, self.crow.data_ptr(), self.col.data_ptr(), self.values.data_ptr())
         steps = lib.pl_window_build(*args, None, None, None)
-        if steps <= 0:
+        if steps <= 0 or (not force and self.nnz < 0.25 * 8 * steps and self.nnz >= 32 * self.out_channels):
             return None
         with torch.inference_mode(False):
             grp = torch.empty((self.out_channels + 7) // 8 + 1, dtype=torch.int32)
