@@ -108,3 +108,38 @@ def test_no_read_past_the_input():
         got = sparse(x)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, layer(x.contiguous()).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_windows_are_built_at_the_first_batch1_call_only():
+    layer = _layer(64, 200, 0.2)
+    sparse = SparseLinear(layer, backend="native")
+    x = torch.randn(64, 200)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), layer(x), atol=1e-5, rtol=1e-5)
+        sparse(x)   # the fast path, still batch 64
+        assert "windows" not in sparse._descriptors   # no memory spent on a format batch 64 never reads
+        descriptor = sparse._descriptors[None]
+        torch.testing.assert_close(sparse(x[:1]), layer(x[:1]), atol=1e-5, rtol=1e-5)
+    grp, step, wval = sparse._descriptors["windows"]
+    assert sparse._descriptors[None] is descriptor   # filled in place: plans keep its address
+    assert descriptor[-3:].tolist() == [grp.data_ptr(), step.data_ptr(), wval.data_ptr()]
+
+
+def test_a_chain_builds_the_windows_of_its_linear_layers_at_batch1():
+    from prunelab.export import to_sparse
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(torch.rand_like(m.weight) < 0.3)
+    fast = to_sparse(model, batch_size=64, policy="always", input_shape=(100,))
+    layers = [m for m in fast.modules() if isinstance(m, SparseLinear)]
+    assert len(layers) == 3 and fast.chains == [["0", "2", "4"]]
+    x = torch.randn(64, 100)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
+        assert all("windows" not in m._descriptors for m in layers)
+        torch.testing.assert_close(fast(x[:1]), model(x[:1]), atol=1e-5, rtol=1e-5)
+    assert all(m._descriptors["windows"] is not None for m in layers)

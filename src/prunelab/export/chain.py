@@ -81,8 +81,8 @@ class _Chain:
 
     def _plan(self, sample_shape: tuple):
         """(steps address, steps, descriptors, the layers' descriptor dicts, max elements, output
-        shape, layer generation) for one sample of ``sample_shape``, or None if some layer
-        cannot take its input."""
+        shape, layer generation, batch-1 windows in) for one sample of ``sample_shape``, or None
+        if some layer cannot take its input."""
         generation = _CSRLayer.generation
         shape, descriptors, largest = tuple(sample_shape), [], 0
         for module in self.modules:
@@ -96,7 +96,9 @@ class _Chain:
                 shape = tuple(int(s) for s in step[1])
                 largest = max(largest, int(torch.Size(shape).numel()))
         steps = torch.tensor([d.data_ptr() for d in descriptors], dtype=torch.int64)
-        return [steps.data_ptr(), steps, descriptors, [m._descriptors for m in self.layers], largest, shape, generation]
+        # [7]: whether the Linear layers' batch-1 window formats are in (built at the first batch-1 call)
+        return [steps.data_ptr(), steps, descriptors, [m._descriptors for m in self.layers], largest, shape, generation,
+                False]
 
     def _valid(self, plan) -> bool:
         return plan_is_current(plan, self.layers, 6)
@@ -109,6 +111,11 @@ class _Chain:
             plan = self.plans[key] = self._plan(tuple(key))   # None too: a shape it cannot take
         if plan is None:
             return None
+        if x.shape[0] == 1 and not plan[7]:
+            for layer in self.layers:
+                if isinstance(layer, SparseLinear):
+                    layer._linear_descriptor(1)
+            plan[7] = True
         x = x.contiguous()
         y = x.new_empty((x.shape[0], *plan[5]))
         threads = self.layers[0].threads or torch.get_num_threads()

@@ -402,8 +402,9 @@ def _check_runs(sparse: nn.Module, report: dict, batch_size, input_shape, exampl
     (a module that read a replaced layer's tensors) is returned as the reason to stay dense."""
     if not any(e["choice"] != "dense" for e in report["layers"]):
         return None
-    try:   # one sample is enough to see a failure
-        example = _example(sparse, 1, input_shape, example_input)
+    try:   # a sample or two is enough to see a failure; two unless converting for batch 1, so that
+        # only then do the Linear layers build their batch-1 window format (memory) here
+        example = _example(sparse, 1 if int(batch_size) == 1 else 2, input_shape, example_input)
     except ConfigError:
         return None   # nothing to run it on ("always" without an input shape)
     try:

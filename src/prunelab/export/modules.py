@@ -167,7 +167,7 @@ class _CSRLayer(nn.Module):
 
         ``benchmarks/bench_windows.py`` timed both on 24 random layers (1024 x 1024, 4096 x 1024,
         512 x 4096; 0.5-50 % dense), one thread: the windows won 1.2-3.5x wherever at least a
-        quarter of their lanes hold a non-zero, and 1.3-1.5x with emptier lanes on rows of about
+        quarter of their lanes hold a non-zero, and 1.07-1.5x with emptier lanes on rows of about
         20 non-zeros or fewer (where the gather pays for short rows); on 512 x 4096 at 1-2 % (rows
         of 41-82 non-zeros, 16-20 % of lanes filled) they lost by up to 6 %. Hence this rule, fitted
         to those points: windows unless fewer than 25 % of the lanes are filled and rows average
@@ -235,6 +235,8 @@ class SparseLinear(_CSRLayer):
         # the common case in as few Python operations as possible: batch-1 latency is overhead
         if (fast is not None and x.dim() == 2 and x.shape[1] == self.in_features and x.dtype == torch.float32
                 and x.is_cpu and not x.requires_grad):
+            if x.shape[0] == 1 and "windows" not in self._descriptors:
+                self._linear_descriptor(1)
             x = x.contiguous()
             y = x.new_empty(x.shape[0], self.out_features)
             if fast[0](fast[1], x.shape[0], x.data_ptr(), y.data_ptr(), self.threads or torch.get_num_threads()):
@@ -247,12 +249,18 @@ class SparseLinear(_CSRLayer):
             return None
         return self._linear_descriptor(), (self.out_features,)
 
-    def _linear_descriptor(self) -> torch.Tensor:
+    def _linear_descriptor(self, batch: int = 0) -> torch.Tensor:
+        """The native descriptor; at ``batch == 1`` with the window format filled in. The
+        windows are built at the first batch-1 call only: they help no other batch size and take
+        about as much memory as the CSR weight again (up to about 4.5x it on nearly empty layers)."""
         descriptor = self._descriptors.get(None)
         if descriptor is None:
             fields = [self.in_features, 1, 1, self.out_features, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
+            descriptor = self._descriptors[None] = self._descriptor(fields, self.col)
+        if batch == 1 and "windows" not in self._descriptors:
             windows = self._descriptors["windows"] = self._windows()   # kept alive beside the descriptor
-            descriptor = self._descriptors[None] = self._descriptor(fields, self.col, windows=windows)
+            if windows is not None:   # in place: chain plans hold the descriptor's address
+                descriptor[-3:] = torch.tensor([t.data_ptr() for t in windows], dtype=torch.int64)
         return descriptor
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -263,7 +271,7 @@ class SparseLinear(_CSRLayer):
         if self._use_native(x2):
             if self._descriptors.get(None) is None:
                 self._fast = (native.load().pl_sparse_forward, self._linear_descriptor().data_ptr())
-            descriptor = self._descriptors[None]
+            descriptor = self._linear_descriptor(x2.shape[0])
             y = self._run_native(descriptor, x2.contiguous(), x2.new_empty(x2.shape[0], self.out_features))
         else:
             y = self._torch_product(x2.t()).t()
