@@ -106,10 +106,9 @@ static void tile_any(int nv, const float* in, int64_t nb, const int32_t* tap, co
    val[8s + i] the weight of lane i; grp[g] the first step of group g. A group walks its windows
    in increasing order; a window takes as many steps as its fullest row has non-zeros in it.
    Windows start at multiples of 8, except that one reaching past the last input starts at
-   n_in - 8 instead (no read past the input). Returns the number of steps (0 when a group has
-   none at all), -1 when n_in < 8, -2 when a row's taps are not increasing, -3 in a build without
-   AVX2 and FMA. With step == NULL only
-   counts. */
+   n_in - 8 instead (no read past the input). Returns the number of steps (0 when the layer has
+   no non-zero), -1 when n_in < 8, -2 when a row's taps are not increasing, -3 in a build without
+   AVX2 and FMA. With step == NULL it only counts. */
 int64_t pl_window_build(int64_t O, int64_t n_in, const int32_t* rowptr, const int32_t* taps, const float* val,
                         int32_t* grp, int64_t* step, float* wval) {
 #if !(defined(__AVX2__) && defined(__FMA__))
