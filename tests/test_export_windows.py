@@ -135,3 +135,16 @@ def test_a_chain_builds_the_windows_of_its_linear_layers_at_batch1():
         assert all("windows" not in m._descriptors for m in layers)
         torch.testing.assert_close(fast(x[:1]), model(x[:1]), atol=1e-5, rtol=1e-5)
     assert all(m._descriptors["windows"] is not None for m in layers)
+
+
+def test_windows_added_outside_the_inference_mode_that_made_the_descriptor():
+    # a first call under torch.inference_mode() makes the descriptor; the batch-1 call that
+    # fills in its window fields in place comes later under no_grad
+    layer = _layer(32, 64, 0.3)
+    sparse = SparseLinear(layer, backend="native")
+    x = torch.randn(4, 64)
+    with torch.inference_mode():
+        sparse(x)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x[:1]), layer(x[:1]), atol=1e-5, rtol=1e-5)
+    assert sparse._descriptors["windows"] is not None

@@ -158,7 +158,8 @@ class _CSRLayer(nn.Module):
                            pool, int(ceil), ptr(self.pro_scale), ptr(self.pro_shift), ptr(taps2)]
         fields += [0, 0, 0] if seg is None else [ptr(seg[0]), seg[1], ptr(seg[2])]
         fields += [0, 0, 0] if windows is None else [ptr(t) for t in windows]
-        return torch.tensor(fields, dtype=torch.int64)
+        with torch.inference_mode(False):   # an ordinary tensor: the window fields are filled in later, in place
+            return torch.tensor(fields, dtype=torch.int64)
 
     def _windows(self, force: bool = False) -> tuple | None:
         """The weight in the native kernel's window format for batch 1 (``pl_window_build`` in
