@@ -42,9 +42,8 @@ def compare(layer: nn.Linear, warmup: int, reps: int) -> dict:
     sparse = SparseLinear(layer, backend="native", threads=1)
     chosen = sparse._windows() is not None   # what SparseLinear's rule picks
     windows = sparse._windows(force=True)
-    fields = [sparse.in_features, 1, 1, sparse.out_features, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
-    with_windows = sparse._descriptor(fields, sparse.col, windows=windows)
-    gather = sparse._descriptor(fields, sparse.col)   # the same layer with no window format
+    with_windows = sparse._descriptor(sparse._fields(), sparse.col, windows=windows)
+    gather = sparse._linear_descriptor()   # the same layer with no window format (not batch 1)
     lib = native.load()
     x = torch.randn(1, sparse.in_features, generator=torch.Generator().manual_seed(0))
     y_w, y_g = torch.empty(1, sparse.out_features), torch.empty(1, sparse.out_features)

@@ -250,14 +250,17 @@ class SparseLinear(_CSRLayer):
             return None
         return self._linear_descriptor(), (self.out_features,)
 
+    def _fields(self) -> list[int]:
+        """The shape fields of the descriptor: a 1x1 convolution over ``in_features`` channels."""
+        return [self.in_features, 1, 1, self.out_features, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
+
     def _linear_descriptor(self, batch: int = 0) -> torch.Tensor:
         """The native descriptor; at ``batch == 1`` with the window format filled in. The
         windows are built at the first batch-1 call only: they help no other batch size and take
         about as much memory as the CSR weight again (up to about 4.5x it on nearly empty layers)."""
         descriptor = self._descriptors.get(None)
         if descriptor is None:
-            fields = [self.in_features, 1, 1, self.out_features, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
-            descriptor = self._descriptors[None] = self._descriptor(fields, self.col)
+            descriptor = self._descriptors[None] = self._descriptor(self._fields(), self.col)
         if batch == 1 and "windows" not in self._descriptors:
             windows = self._descriptors["windows"] = self._windows()   # kept alive beside the descriptor
             if windows is not None:   # in place: chain plans hold the descriptor's address

@@ -17,6 +17,25 @@ def style(index: int) -> tuple[str, str]:
     return f"C{index % 10}", _MARKERS[index % len(_MARKERS)]
 
 
+def method_style(name: str, order: list[str]) -> tuple[str, str]:
+    """:func:`style` of method ``name`` (a method missing from ``order`` takes the next index)."""
+    return style(order.index(name) if name in order else len(order))
+
+
+def cost_points(ax, methods: dict, order: list[str], target: float, metric: str, scale: float = 1.0) -> None:
+    """One labelled marker per method on ``ax``: the prune phase's wall seconds (log x) against
+    ``scale * point[metric]`` at ``target`` sparsity; methods without that point are skipped."""
+    for name, m in methods.items():
+        color, marker = method_style(name, order)
+        p = next((p for p in m["points"] if abs(p["target"] - target) < 1e-9), None)
+        if p is None or p.get(metric) is None or p.get("prune_s") is None:
+            continue
+        x, y = max(p["prune_s"], 1e-4), scale * p[metric]
+        ax.plot([x], [y], ls="none", color=color, marker=marker, ms=7, label=name)
+        ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color=color)
+    ax.set_xscale("log")
+
+
 def _panels(collected: dict, width: float = 4.8, height: float = 3.8):
     fig, axes = figure_grid(1, max(1, len(collected)), width, height, pad=(0.6, 0.6))
     return fig, axes[0]
@@ -41,7 +60,7 @@ def fig_accuracy(collected: dict, order: list[str]) -> bytes:
     fig, axes = _panels(collected)
     for ax, (model, info) in zip(axes, collected.items()):
         for name, m in info["methods"].items():
-            color, marker = style(order.index(name) if name in order else len(order))
+            color, marker = method_style(name, order)
             pts = [(100 * p["target"], 100 * p["pruned_test_top1"]) for p in m["points"]
                    if p["pruned_test_top1"] is not None]
             if pts:
@@ -74,15 +93,7 @@ def fig_accuracy_vs_time(collected: dict, order: list[str], target: float = COST
     """
     fig, axes = _panels(collected)
     for ax, (model, info) in zip(axes, collected.items()):
-        for name, m in info["methods"].items():
-            color, marker = style(order.index(name) if name in order else len(order))
-            p = next((p for p in m["points"] if abs(p["target"] - target) < 1e-9), None)
-            if p is None or p["pruned_test_top1"] is None or p["prune_s"] is None:
-                continue
-            x, y = max(p["prune_s"], 1e-4), 100 * p["pruned_test_top1"]
-            ax.plot([x], [y], ls="none", color=color, marker=marker, ms=7, label=name)
-            ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color=color)
-        ax.set_xscale("log")
+        cost_points(ax, info["methods"], order, target, "pruned_test_top1", 100)
         ax.set(title=f"{_title(model, info)}, {target:.0%} sparse", xlabel="prune wall seconds (log)",
                ylabel="test top-1 without retraining (%)")
         ax.grid(True, which="both", alpha=0.3)

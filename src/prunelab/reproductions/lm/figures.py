@@ -4,15 +4,11 @@ at one target, and the PQ Index per round of the iterative schedules."""
 from __future__ import annotations
 
 from prunelab.reproductions.common import figure_grid
-from prunelab.reproductions.layerwise.figures import style
+from prunelab.reproductions.layerwise.figures import cost_points, method_style
 from prunelab.reproductions.lm.protocol import COST_TARGET
 from prunelab.utils.figures import png_bytes
 
 __all__ = ["fig_bpb_vs_sparsity", "fig_bpb_vs_time", "fig_pqi"]
-
-
-def _colour(name: str, order: list[str]) -> tuple[str, str]:
-    return style(order.index(name) if name in order else len(order))
 
 
 def _dense_lines(ax, setup: dict, ngram: dict | None) -> None:
@@ -39,7 +35,7 @@ def fig_bpb_vs_sparsity(setup: dict, order: list[str], ngram: dict | None = None
     for ax, phase, title in zip(axes[0], ("pruned", "final"), ("without retraining", "after retraining / own budget")):
         key = f"{phase}_test_bpb"
         for name, m in setup["methods"].items():
-            color, marker = _colour(name, order)
+            color, marker = method_style(name, order)
             pts = sorted((100 * p["sparsity"], p[key]) for p in m["points"]
                          if p.get(key) is not None and p.get("sparsity") is not None)
             if pts:
@@ -71,15 +67,7 @@ def fig_bpb_vs_time(setup: dict, order: list[str], target: float = COST_TARGET) 
     """
     fig, axes = figure_grid(1, 1, 6.0, 4.4, pad=(0.6, 0.6))
     ax = axes[0][0]
-    for name, m in setup["methods"].items():
-        color, marker = _colour(name, order)
-        p = next((p for p in m["points"] if abs(p["target"] - target) < 1e-9), None)
-        if p is None or p.get("pruned_test_bpb") is None or p.get("prune_s") is None:
-            continue
-        x, y = max(p["prune_s"], 1e-4), p["pruned_test_bpb"]
-        ax.plot([x], [y], ls="none", color=color, marker=marker, ms=7, label=name)
-        ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color=color)
-    ax.set_xscale("log")
+    cost_points(ax, setup["methods"], order, target, "pruned_test_bpb")
     ax.set(title=f"{target:.0%} sparse, without retraining", xlabel="prune wall seconds (log)",
            ylabel="test bits per byte")
     ax.grid(True, which="both", alpha=0.3)
@@ -104,7 +92,7 @@ def fig_pqi(setup: dict, order: list[str]) -> bytes:
     for name, m in setup["methods"].items():
         if m["family"] != "iterative" or not m["points"]:
             continue
-        color, marker = _colour(name, order)
+        color, marker = method_style(name, order)
         rounds = m["points"][-1].get("rounds") or []
         pqi = [(r["round"], r["pqi"]) for r in rounds if r.get("pqi") is not None]
         if pqi:
